@@ -1,0 +1,129 @@
+"""The numpy backend: the living definition of every op in the contract (kernels.base).
+
+Quantized weights are dequantized per call from the mapped blocks (so the profile sees
+every byte read), unless the explicit `weight_cache="f32"` mode is chosen: then each
+matmul weight is dequantized once, in `prepare`, and kept as float32 (4-8x the memory of
+the file; its cost shows in the load report).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import OPS, ROPE_NEOX, ROPE_NORM, Backend
+from .qtypes import can_dequantize, dequantize
+
+WEIGHT_CACHES = ("none", "f32")
+
+
+def weight_f32(w) -> np.ndarray:
+    """float32 (rows, cols) for a weight: a zero-copy view for F32, else a dequantized copy."""
+    if w.qtype.name == "F32":
+        return w.data.view(np.float32)
+    return dequantize(w.data, w.qtype)
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+
+    def __init__(self, weight_cache: str = "none"):
+        if weight_cache not in WEIGHT_CACHES:
+            raise ValueError(f"weight_cache must be one of {WEIGHT_CACHES}, not {weight_cache!r}")
+        self.weight_cache = weight_cache
+        self._cache: dict[int, np.ndarray] = {}
+
+    def supports(self, op, qtype=None):
+        return op in OPS and (qtype is None or can_dequantize(qtype))
+
+    def prepare(self, weights) -> None:
+        if self.weight_cache == "f32":
+            for w in weights:
+                if id(w) not in self._cache:
+                    self._cache[id(w)] = np.ascontiguousarray(weight_f32(w))
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(a.nbytes for a in self._cache.values())
+
+    def _dense(self, w) -> np.ndarray:
+        cached = self._cache.get(id(w))
+        return cached if cached is not None else weight_f32(w)
+
+    # ---- ops ------------------------------------------------------------------------
+
+    def embed(self, w, ids):
+        cached = self._cache.get(id(w))
+        if cached is not None:
+            return cached[ids]
+        return dequantize(w.data[ids], w.qtype)
+
+    def matmul(self, x, w):
+        return x @ self._dense(w).T
+
+    def rms_norm(self, x, weight, eps):
+        ms = np.mean(np.square(x, dtype=np.float32), axis=-1, keepdims=True)
+        return (x * (1.0 / np.sqrt(ms + eps))) * weight
+
+    def rope(self, x, pos, theta_base, mode, n_rot=None):
+        n, H, hd = x.shape
+        n_rot = hd if n_rot is None else n_rot
+        half = n_rot // 2
+        inv = theta_base ** (-np.arange(half, dtype=np.float64) * 2.0 / n_rot)
+        ang = np.asarray(pos, np.float64)[:, None] * inv[None, :]  # (n, half)
+        cos = np.cos(ang).astype(np.float32)[:, None, :]
+        sin = np.sin(ang).astype(np.float32)[:, None, :]
+        out = x.copy()
+        if mode == ROPE_NORM:
+            x0, x1 = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
+            out[..., 0:n_rot:2] = x0 * cos - x1 * sin
+            out[..., 1:n_rot:2] = x0 * sin + x1 * cos
+        elif mode == ROPE_NEOX:
+            x0, x1 = x[..., :half], x[..., half:n_rot]
+            out[..., :half] = x0 * cos - x1 * sin
+            out[..., half:n_rot] = x0 * sin + x1 * cos
+        else:
+            raise ValueError(f"unknown rope mode {mode!r}")
+        return out
+
+    def attention(self, q, k, v, cache, layer, pos, scale, window=None):
+        n, H, hd = q.shape
+        K, V = cache.k[layer], cache.v[layer]
+        K[pos : pos + n] = k
+        V[pos : pos + n] = v
+        T, Hkv = pos + n, K.shape[1]
+        g = H // Hkv  # query heads per KV head
+        qh = q.reshape(n, Hkv, g, hd).transpose(1, 2, 0, 3)  # (Hkv, g, n, hd)
+        kh = K[:T].transpose(1, 2, 0)[:, None]  # (Hkv, 1, hd, T)
+        vh = V[:T].transpose(1, 0, 2)[:, None]  # (Hkv, 1, T, hd)
+        s = (qh @ kh) * np.float32(scale)  # (Hkv, g, n, T)
+        s += _causal_mask(pos, n, T, window)
+        p = self.softmax(s)
+        o = p @ vh  # (Hkv, g, n, hd)
+        return np.ascontiguousarray(o.transpose(2, 0, 1, 3)).reshape(n, H * hd)
+
+    def softmax(self, x):
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def silu_mul(self, g, u):
+        return g / (1.0 + np.exp(-g)) * u
+
+    def gelu_mul(self, g, u):
+        c = np.float32(np.sqrt(2.0 / np.pi))
+        return 0.5 * g * (1.0 + np.tanh(c * (g + np.float32(0.044715) * g * g * g))) * u
+
+    def add(self, a, b):
+        return a + b
+
+    def scale(self, x, s):
+        return x * np.float32(s)
+
+
+def _causal_mask(pos: int, n: int, T: int, window: int | None) -> np.ndarray:
+    """(n, T) additive mask: 0 where query pos+i may see key j, -inf elsewhere."""
+    qp = pos + np.arange(n)[:, None]
+    kp = np.arange(T)[None, :]
+    ok = kp <= qp
+    if window is not None:
+        ok &= qp - kp < window
+    return np.where(ok, np.float32(0), np.float32(-np.inf))

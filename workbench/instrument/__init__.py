@@ -1,0 +1,1 @@
+"""Instrumentation: the recorder (events), OS-level touch maps, exports."""

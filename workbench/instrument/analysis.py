@@ -1,0 +1,89 @@
+"""Analysis of recorded events: aggregate tables, touch summaries, token spans.
+Functions of plain event dicts (as saved in profile.json); nothing here records."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+KEYS = ("op", "layer", "tensor", "phase", "backend")
+
+
+def _key(e: dict, by: str):
+    if by == "tensor":
+        return e.get("tensor") or f"({e['op']})"
+    if by == "layer":
+        return "-" if e.get("layer") is None else e["layer"]
+    return e[by]
+
+
+def table(events: list[dict], by: str = "op", phase: str | None = None) -> list[dict]:
+    """One row per group: count, time and its share, CPU time, weight bytes, GB/s, GFLOP/s, faults."""
+    if by not in KEYS:
+        raise ValueError(f"group by one of {KEYS}, not {by!r}")
+    evs = [e for e in events if phase is None or e["phase"] == phase]
+    total = sum(e["wall_ns"] for e in evs) or 1
+    groups: dict = defaultdict(list)
+    for e in evs:
+        groups[_key(e, by)].append(e)
+    rows = []
+    for k, es in groups.items():
+        wall = sum(e["wall_ns"] for e in es)
+        wbytes = sum(e["weight_bytes"] for e in es)
+        flops = sum(e["flops"] for e in es)
+        rows.append({
+            by: k, "count": len(es), "wall_ms": wall / 1e6, "share": wall / total,
+            "cpu_ms": sum(e["cpu_ns"] for e in es) / 1e6, "weight_MB": wbytes / 1e6,
+            "GB_per_s": wbytes / wall if wall else 0.0, "GFLOP_per_s": flops / wall if wall else 0.0,
+            "minflt": sum(max(e["minflt"], 0) for e in es), "majflt": sum(max(e["majflt"], 0) for e in es),
+            "fallbacks": sum(1 for e in es if e.get("fallback")),
+        })
+    rows.sort(key=lambda r: -r["wall_ms"])
+    return rows
+
+
+def token_spans(events: list[dict]) -> list[dict]:
+    """One span per forward pass (prefill batch or decoded token): start, duration, op count."""
+    spans: dict = {}
+    for e in events:
+        k = (e["phase"], e["pos"])
+        s = spans.setdefault(k, {"phase": e["phase"], "pos": e["pos"], "n_tokens": e["n_tokens"],
+                                 "start_ns": e["start_ns"], "end_ns": 0, "ops": 0})
+        s["start_ns"] = min(s["start_ns"], e["start_ns"])
+        s["end_ns"] = max(s["end_ns"], e["start_ns"] + e["wall_ns"])
+        s["ops"] += 1
+    return sorted(spans.values(), key=lambda s: s["start_ns"])
+
+
+def logical_touch(events: list[dict], tensors: dict[str, dict]) -> list[dict]:
+    """Per weight tensor: bytes and rows the ops read (union over the run), and reads per pass.
+    `tensors` maps name -> {"rows", "row_bytes", "nbytes", "type"}."""
+    touched: dict[str, set | None] = {}
+    reads: dict[str, int] = defaultdict(int)
+    for e in events:
+        name = e.get("tensor")
+        if not name:
+            continue
+        reads[name] += e["weight_bytes"]
+        if e.get("rows") is None:
+            touched[name] = None  # every row
+        elif touched.get(name, set()) is not None:
+            touched.setdefault(name, set()).update(e["rows"])
+    out = []
+    for name, t in tensors.items():
+        rows = touched.get(name, set())
+        n_rows = t["rows"] if rows is None else len(rows) if name in touched else 0
+        out.append({"tensor": name, "type": t["type"], "nbytes": t["nbytes"], "rows_touched": n_rows,
+                    "rows": t["rows"], "touched_bytes": n_rows * t["row_bytes"], "bytes_read": reads.get(name, 0)})
+    return out
+
+
+def format_table(rows: list[dict], limit: int | None = None, floatfmt: str = ".2f") -> str:
+    """A markdown table."""
+    rows = rows[:limit] if limit else rows
+    if not rows:
+        return "(no rows)"
+    cols = list(rows[0])
+    fmt = lambda v: format(v, floatfmt) if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)

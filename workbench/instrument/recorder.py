@@ -1,0 +1,123 @@
+"""The recorder: one plain event per op, nothing else. Analysis lives elsewhere.
+
+    with workbench.record(model) as prof:
+        workbench.generate(model, "Hello", n=8)
+    prof.events          # list[OpEvent]
+
+While attached, `Ops` hands every op to `Recorder.op`, which times it (wall and thread
+CPU), counts this thread's page faults around it (optional), and notes which rows of
+each weight it read (the logical touch map). The recorder measures its own bookkeeping
+time and reports it as `overhead_ns`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+_RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+
+
+@dataclass(slots=True)
+class OpEvent:
+    seq: int
+    op: str
+    layer: int | None
+    tensor: str | None  # weight tensor read, if any
+    backend: str
+    fallback: bool  # ran on numpy because the chosen backend does not support it
+    phase: str  # "prefill" / "decode"
+    pos: int  # first position of the batch
+    n_tokens: int
+    in_shapes: list
+    out_shape: list
+    dtype: str
+    start_ns: int  # since the recorder started
+    wall_ns: int
+    cpu_ns: int
+    weight_bytes: int  # bytes of weight data the op read (logical)
+    flops: int
+    minflt: int = -1  # -1: not counted
+    majflt: int = -1
+    rows: Any = None  # logical touch: None = all rows, else sorted unique row ids (np.ndarray)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if isinstance(self.rows, np.ndarray):
+            d["rows"] = self.rows.tolist()
+        return d
+
+
+@dataclass
+class Recorder:
+    faults: bool = True  # count page faults per op (two getrusage calls per op)
+    touch: bool = True  # keep the logical rows each op read
+    events: list[OpEvent] = field(default_factory=list)
+    overhead_ns: int = 0  # the recorder's own bookkeeping time
+    started_ns: int = 0
+    marks: list[dict] = field(default_factory=list)  # free-form spans (tokens, phases)
+
+    def __post_init__(self):
+        self.started_ns = time.perf_counter_ns()
+
+    def op(self, ops, name, be, fn, args, weight, rows, flops):
+        t_enter = time.perf_counter_ns()
+        ru0 = resource.getrusage(_RUSAGE_THREAD) if self.faults else None
+        c0 = time.thread_time_ns()
+        t0 = time.perf_counter_ns()
+        out = fn(*args)
+        t1 = time.perf_counter_ns()
+        c1 = time.thread_time_ns()
+        ru1 = resource.getrusage(_RUSAGE_THREAD) if self.faults else None
+        x = args[0]
+        if weight is None:
+            wbytes = 0
+        elif rows is None:
+            wbytes = weight.nbytes
+        else:
+            rows = np.unique(rows)
+            wbytes = len(rows) * weight.row_bytes
+        shape = getattr(out, "shape", ())
+        self.events.append(OpEvent(
+            seq=len(self.events), op=name, layer=ops.layer, tensor=getattr(weight, "name", None), backend=be.name,
+            fallback=ops.fell_back(name, getattr(weight, "qtype", None), be), phase=ops.phase, pos=ops.pos,
+            n_tokens=int(x.shape[0]) if hasattr(x, "shape") and x.ndim else 1,
+            in_shapes=[list(a.shape) for a in args if hasattr(a, "shape") and not hasattr(a, "qtype")],
+            out_shape=list(shape), dtype=str(getattr(out, "dtype", "")),
+            start_ns=t0 - self.started_ns, wall_ns=t1 - t0, cpu_ns=c1 - c0,
+            weight_bytes=wbytes, flops=int(flops),
+            minflt=ru1.ru_minflt - ru0.ru_minflt if ru0 else -1,
+            majflt=ru1.ru_majflt - ru0.ru_majflt if ru0 else -1,
+            rows=rows if self.touch else None,
+        ))
+        self.overhead_ns += (time.perf_counter_ns() - t_enter) - (t1 - t0)
+        return out
+
+    @contextlib.contextmanager
+    def span(self, name: str, **info):
+        """A named span (e.g. one token) for the trace; nests ops by time."""
+        t0 = time.perf_counter_ns()
+        try:
+            yield
+        finally:
+            self.marks.append({"name": name, "start_ns": t0 - self.started_ns,
+                               "dur_ns": time.perf_counter_ns() - t0, **info})
+
+
+@contextlib.contextmanager
+def record(model_or_ops, faults: bool = True, touch: bool = True):
+    """Attach a recorder to a model's ops for the duration of the block."""
+    ops = getattr(model_or_ops, "ops", model_or_ops)
+    if ops.recorder is not None:
+        raise RuntimeError("a recorder is already attached to these ops")
+    rec = Recorder(faults=faults, touch=touch)
+    ops.recorder = rec
+    try:
+        yield rec
+    finally:
+        ops.recorder = None

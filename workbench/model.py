@@ -1,0 +1,121 @@
+"""A loaded model: blueprint (Config), weights (views of the mapped file), tokenizer, and
+the ops that run it. Run state (KV cache, position) lives in `RunState`, one per sequence.
+
+    m = workbench.load("smollm2")                 # registry name or a GGUF path
+    state = m.new_state()
+    logits = m.forward(state, m.tokenizer.encode("Hello"))
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from kernels.base import Backend, KVCache
+
+from . import model_llama
+from .backends import make_backend
+from .config import Config
+from .gguf import GGUFError, GGUFFile, open_gguf
+from .models import resolve
+from .ops import Ops
+from .tokenizer import Tokenizer
+from .weights import Weights, build_weights
+
+
+@dataclass(frozen=True)
+class Architecture:
+    forward: Callable
+    block_tensors: tuple[str, ...]
+    optional_tensors: tuple[str, ...] = ()
+
+
+LLAMA_BLOCK = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "llama": Architecture(model_llama.forward, LLAMA_BLOCK),
+}
+
+
+class ContextFull(RuntimeError):
+    """The sequence reached the end of the KV cache."""
+
+
+@dataclass
+class RunState:
+    kv: KVCache
+    pos: int = 0
+
+    @property
+    def n_ctx(self) -> int:
+        return self.kv.n_ctx
+
+
+@dataclass
+class Model:
+    path: str
+    gguf: GGUFFile
+    config: Config
+    weights: Weights
+    tokenizer: Tokenizer
+    ops: Ops
+    arch: Architecture
+    load_seconds: dict = field(default_factory=dict)
+
+    def new_state(self, n_ctx: int | None = None) -> RunState:
+        n_ctx = min(n_ctx or 2048, self.config.n_ctx_train)
+        c = self.config
+        return RunState(self.ops.route("attention").new_kv_cache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim))
+
+    def forward(self, state: RunState, tokens, all_logits: bool = False, phase: str | None = None) -> np.ndarray:
+        """Feed `tokens` at the state's position; returns float32 logits (1 or n, n_vocab).
+        `phase` ("prefill" / "decode", default by batch size) labels the recorded events."""
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if len(tokens) == 0:
+            raise ValueError("no tokens to run")
+        if tokens.min() < 0 or tokens.max() >= self.config.n_vocab:
+            bad = int(tokens[(tokens < 0) | (tokens >= self.config.n_vocab)][0])
+            raise ValueError(f"token id {bad} is out of range 0..{self.config.n_vocab - 1}")
+        if state.pos + len(tokens) > state.n_ctx:
+            raise ContextFull(f"context full: {state.pos} + {len(tokens)} tokens exceed n_ctx {state.n_ctx}")
+        self.ops.phase = phase or ("prefill" if len(tokens) > 1 else "decode")
+        self.ops.pos = state.pos
+        logits = self.arch.forward(self.config, self.weights, self.ops, state, tokens, all_logits)
+        state.pos += len(tokens)
+        return np.asarray(self.ops.backend.to_host(logits), dtype=np.float32)
+
+    def close(self) -> None:
+        self.ops.close()
+        self.gguf.close()
+
+
+def load(model: str | os.PathLike, backend: str | Backend = "numpy", *, weight_cache: str = "none",
+         per_op: dict[str, str | Backend] | None = None, device: str | None = None) -> Model:
+    """Map a GGUF file (registry name or path) and get it ready to run on `backend`."""
+    t0 = time.perf_counter()
+    path = str(resolve(model))
+    g = open_gguf(path)
+    t1 = time.perf_counter()
+    try:
+        cfg = Config.from_gguf(g)
+        arch = ARCHITECTURES.get(cfg.arch)
+        if arch is None:
+            raise GGUFError(path, "metadata 'general.architecture'", 0,
+                            f"architecture {cfg.arch!r} is not supported (supported: {', '.join(sorted(ARCHITECTURES))})")
+        weights = build_weights(g, cfg.n_layer, list(arch.block_tensors), arch.optional_tensors)
+        tok = Tokenizer.from_metadata(g.metadata)
+        t2 = time.perf_counter()
+        be = make_backend(backend, weight_cache=weight_cache, device=device)
+        routes = {op: make_backend(b, device=device) for op, b in (per_op or {}).items()}
+        ops = Ops(be, routes)
+        ops.prepare(weights.tensors())
+        t3 = time.perf_counter()
+    except BaseException:
+        g.close()
+        raise
+    secs = {"map_and_parse": t1 - t0, "tokenizer_and_weights": t2 - t1, "backend_prepare": t3 - t2, "total": t3 - t0}
+    return Model(path, g, cfg, weights, tok, ops, arch, secs)
