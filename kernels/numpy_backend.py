@@ -14,6 +14,7 @@ from .base import OPS, ROPE_NEOX, ROPE_NORM, Backend
 from .qtypes import can_dequantize, dequantize
 
 WEIGHT_CACHES = ("none", "f32")
+CHUNK_WEIGHTS = 1 << 17  # weights dequantized at once by an uncached matmul (512 KiB of float32)
 
 
 def weight_f32(w) -> np.ndarray:
@@ -45,10 +46,6 @@ class NumpyBackend(Backend):
     def cache_bytes(self) -> int:
         return sum(a.nbytes for a in self._cache.values())
 
-    def _dense(self, w) -> np.ndarray:
-        cached = self._cache.get(id(w))
-        return cached if cached is not None else weight_f32(w)
-
     # ---- ops ------------------------------------------------------------------------
 
     def embed(self, w, ids):
@@ -58,7 +55,16 @@ class NumpyBackend(Backend):
         return dequantize(w.data[ids], w.qtype)
 
     def matmul(self, x, w):
-        return x @ self._dense(w).T
+        cached = self._cache.get(id(w))
+        if cached is not None or w.qtype.name == "F32":
+            return x @ (cached if cached is not None else weight_f32(w)).T
+        # dequantize a band of rows at a time: the float32 band stays in cache and no
+        # fresh pages are faulted in for a whole-tensor temporary
+        out = np.empty((x.shape[0], w.rows), np.float32)
+        step = max(16, CHUNK_WEIGHTS // w.cols)
+        for r in range(0, w.rows, step):
+            out[:, r : r + step] = x @ dequantize(w.data[r : r + step], w.qtype).T
+        return out
 
     def rms_norm(self, x, weight, eps):
         ms = np.mean(np.square(x, dtype=np.float32), axis=-1, keepdims=True)

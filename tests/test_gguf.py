@@ -77,7 +77,8 @@ def test_version_2_reads():
     (lambda b: b[:16] + struct.pack("<Q", 2**60) + b[24:], "metadata count"),
     (lambda b: b[:24] + struct.pack("<Q", 2**50) + b[32:], "metadata[0] key"),
     (lambda b: b[:3], "magic"),
-    (lambda b: b[:30], "metadata[0] key"),
+    (lambda b: b[:30], "metadata count"),
+    (lambda b: b[:200], "metadata"),
 ])
 def test_structural_errors_name_the_field(mutate, field):
     data, _ = small_file()

@@ -14,7 +14,8 @@ def test_environment_yml_lists_the_pyproject_dependencies():
     proj = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = set(proj["dependencies"]) | set(proj["optional-dependencies"]["test"])
     env = (ROOT / "environment.yml").read_text()
-    listed = {m.group(1).strip() for m in re.finditer(r"^\s+- ([A-Za-z][^#\n]*)$", env, re.M)}
+    pip_section = env.split("- pip:", 1)[1]
+    listed = {m.group(1).strip() for m in re.finditer(r"^\s+- ([A-Za-z][^#\n]*)$", pip_section, re.M)}
     listed = {x for x in listed if not x.startswith(("python", "pip", "-e"))}
     assert listed == wanted
 

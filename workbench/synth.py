@@ -17,8 +17,6 @@ from kernels.qtypes import qtype
 
 from .atomic import atomic_path
 
-_SCALAR_CODES = {bool: (7, "<?"), int: (5, "<i"), float: (6, "<f")}
-
 
 def _string(s: str | bytes) -> bytes:
     b = s.encode("utf-8") if isinstance(s, str) else s
@@ -31,6 +29,9 @@ def _value(v: Any) -> tuple[int, bytes]:
         return 8, _string(v)
     if isinstance(v, bool):
         return 7, struct.pack("<?", v)
+    if isinstance(v, np.generic):  # a typed scalar: np.uint32(32) -> uint32
+        t, enc = _value(np.asarray([v]))
+        return struct.unpack_from("<I", enc)[0], enc[12:]
     if isinstance(v, int):
         return (5, struct.pack("<i", v)) if -(2**31) <= v < 2**31 else (11, struct.pack("<q", v))
     if isinstance(v, float):
@@ -114,7 +115,7 @@ def tiny_llama(path: str | os.PathLike, n_layer: int = 2, n_embd: int = 64, n_he
     meta = {
         "general.architecture": "llama",
         "general.name": "SYNTHETIC tiny llama (random weights)",
-        "general.alignment": 32,
+        "general.alignment": np.uint32(32),
         "llama.block_count": n_layer, "llama.context_length": n_ctx, "llama.embedding_length": n_embd,
         "llama.feed_forward_length": n_ff, "llama.attention.head_count": n_head,
         "llama.attention.head_count_kv": n_head_kv, "llama.rope.freq_base": 10000.0,

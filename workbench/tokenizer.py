@@ -35,6 +35,8 @@ set of end-of-generation ids does not depend on it except for FIM tokens (one pe
 from __future__ import annotations
 
 import codecs
+import heapq
+import operator
 import re
 from typing import Any, Iterable, Sequence
 
@@ -292,7 +294,7 @@ class Tokenizer:
         special.sort(key=lambda i: -len(tokens[i].encode("utf-8")))
         self._special: list[int] = special
         self._special_rank = {i: r for r, i in enumerate(special)}
-        self._special_tree = None   # built on first use: prefix groups for finding candidates fast
+        self._special_tree: list | None = None   # prefix groups for finding candidates, grown lazily
         self._pieces: list[bytes | None] = [None] * n
 
     def _detect_special(self, ids: dict[str, int | None], meta: dict) -> None:
@@ -380,11 +382,11 @@ class Tokenizer:
 
     def _check_id(self, i) -> int:
         try:
-            j = int(i)
-        except (TypeError, ValueError):
-            raise ValueError(f"token id {i!r} is not an integer") from None
-        if j != i or not 0 <= j < self.n_vocab:
-            raise ValueError(f"token id {i!r} is out of range: this vocabulary has ids 0..{self.n_vocab - 1}")
+            j = operator.index(i)
+        except TypeError:
+            raise TypeError(f"token ids are integers, got {type(i).__name__} {i!r}") from None
+        if not 0 <= j < self.n_vocab:
+            raise ValueError(f"token id {j} is out of range: this vocabulary has ids 0..{self.n_vocab - 1}")
         return j
 
     def token_attr(self, id: int) -> int:
@@ -438,41 +440,39 @@ class Tokenizer:
         raise NotImplementedError
 
     def _candidates(self, text: str, parse_special: bool) -> list[int]:
-        """Special tokens whose text occurs in `text`, in partition order (exact, no false misses)."""
-        tree = self._special_tree
-        if tree is None:
-            tree = self._special_tree = self._build_tree(self._special, 0)
+        """Special tokens whose text occurs in `text`, in partition order (exact: a token occurs in
+        a text only if its prefixes do, so groups are tested by prefix before their members)."""
+        root = self._special_tree
+        if root is None:
+            root = self._special_tree = [self._special, 0, None]
+        tokens = self.tokens
         found: list[int] = []
-        stack = [tree]
+        stack = [root]
         while stack:
-            direct, groups = stack.pop()
-            for i in direct:
-                if self.tokens[i] in text:
-                    found.append(i)
-            for key, sub in groups.items():
-                if key in text:
-                    stack.append(sub)
+            node = stack.pop()
+            ids, depth, children = node
+            if len(ids) <= 8:
+                found.extend(i for i in ids if tokens[i] in text)
+                continue
+            if children is None:   # split the group by one more character, on first visit
+                direct: list[int] = []
+                groups: dict[str, list[int]] = {}
+                for i in ids:
+                    t = tokens[i]
+                    if len(t) <= depth + 1:
+                        direct.append(i)
+                    else:
+                        groups.setdefault(t[:depth + 1], []).append(i)
+                children = node[2] = (direct, [(k, [v, depth + 1, None]) for k, v in groups.items()])
+            direct, groups = children
+            found.extend(i for i in direct if tokens[i] in text)
+            stack.extend(sub for key, sub in groups if key in text)
         if not parse_special:
             attr = self._attr
             found = [i for i in found if not attr[i] & (ATTR_CONTROL | ATTR_UNKNOWN)]
         rank = self._special_rank
         found.sort(key=rank.__getitem__)
         return found
-
-    def _build_tree(self, ids: list[int], depth: int):
-        """Groups token ids by ever longer prefixes, so that a text is tested against a group's
-        prefix before its members (a token occurs in a text only if its prefixes do)."""
-        if len(ids) <= 8:
-            return (ids, {})
-        direct: list[int] = []
-        groups: dict[str, list[int]] = {}
-        for i in ids:
-            t = self.tokens[i]
-            if len(t) <= depth + 1:
-                direct.append(i)
-            else:
-                groups.setdefault(t[:depth + 1], []).append(i)
-        return (direct, {k: self._build_tree(v, depth + 1) for k, v in groups.items()})
 
     def _partition(self, text: str, parse_special: bool) -> list[str | int]:
         """llama.cpp tokenizer_st_partition: raw text fragments (str) and special token ids (int)."""
@@ -705,8 +705,6 @@ class _SPMTokenizer(Tokenizer):
 
     def _spm(self, text: str, out: list[int]) -> None:
         """llm_tokenizer_spm_session::tokenize on one fragment (whitespace already escaped)."""
-        import heapq
-
         n = len(text)
         if n == 0:
             return
@@ -787,8 +785,7 @@ class StreamDecoder:
         self._first = True
         self._remove_space = tokenizer.add_space_prefix
         self._clean = tokenizer.clean_spaces
-        self._raw = bytearray()     # clean_spaces only: all raw bytes so far
-        self._sent = 0              # clean_spaces only: cleaned bytes already passed on
+        self._pending = b""         # clean_spaces only: raw bytes not yet cleaned and passed on
 
     def push(self, id: int) -> str:
         tok = self.tok
@@ -805,21 +802,27 @@ class StreamDecoder:
                 b = b[1:]
         if not self._clean:
             return self._utf8.decode(b)
-        self._raw += b
-        cleaned = _clean_spaces(bytes(self._raw))
-        # spaces removed by clean_spaces depend on at most the next 6 bytes: hold those back
-        stable = max(self._sent, len(cleaned) - 6)
-        out = cleaned[self._sent:stable]
-        self._sent = stable
-        return self._utf8.decode(out)
+        # clean_spaces deletes a space depending on the few bytes around it; text up to a point
+        # whose last 3 bytes hold no space or apostrophe cleans the same whatever follows.
+        p = self._pending + b
+        c = _clean_cut(p)
+        self._pending = p[c:]
+        return self._utf8.decode(_clean_spaces(p[:c])) if c else ""
 
     def push_many(self, ids: Iterable[int]) -> str:
         return "".join(self.push(i) for i in ids)
 
     def flush(self) -> str:
         out = b""
-        if self._clean:
-            cleaned = _clean_spaces(bytes(self._raw))
-            out = cleaned[self._sent:]
-            self._sent = len(cleaned)
+        if self._clean and self._pending:
+            out = _clean_spaces(self._pending)
+            self._pending = b""
         return self._utf8.decode(out, final=True)
+
+
+def _clean_cut(p: bytes) -> int:
+    for c in range(len(p), 2, -1):
+        w = p[c - 3:c]
+        if b" " not in w and b"'" not in w:
+            return c
+    return 0

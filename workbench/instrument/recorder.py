@@ -74,7 +74,7 @@ class Recorder:
         t1 = time.perf_counter_ns()
         c1 = time.thread_time_ns()
         ru1 = resource.getrusage(_RUSAGE_THREAD) if self.faults else None
-        x = args[0]
+        arrays = [a for a in args if hasattr(a, "shape") and not hasattr(a, "qtype")]
         if weight is None:
             wbytes = 0
         elif rows is None:
@@ -86,8 +86,8 @@ class Recorder:
         self.events.append(OpEvent(
             seq=len(self.events), op=name, layer=ops.layer, tensor=getattr(weight, "name", None), backend=be.name,
             fallback=ops.fell_back(name, getattr(weight, "qtype", None), be), phase=ops.phase, pos=ops.pos,
-            n_tokens=int(x.shape[0]) if hasattr(x, "shape") and x.ndim else 1,
-            in_shapes=[list(a.shape) for a in args if hasattr(a, "shape") and not hasattr(a, "qtype")],
+            n_tokens=int(arrays[0].shape[0]) if arrays and arrays[0].ndim else 1,
+            in_shapes=[list(a.shape) for a in arrays],
             out_shape=list(shape), dtype=str(getattr(out, "dtype", "")),
             start_ns=t0 - self.started_ns, wall_ns=t1 - t0, cpu_ns=c1 - c0,
             weight_bytes=wbytes, flops=int(flops),
