@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 
 import numpy as np
@@ -162,6 +163,30 @@ def cmd_profile(args):
     print(prof.summary_text())
 
 
+def cmd_bench(args):
+    from .bench import run_bench
+
+    backends = [b for b in args.backends.split(",") if b]
+    bad = [b for b in backends if b not in BACKENDS]
+    if bad:
+        raise CLIError(f"unknown backend(s) {bad}; available: {', '.join(BACKENDS)}")
+    peer = None if args.peer == "none" else args.peer
+    report = run_bench(args.model, backends, weight_cache=args.weight_cache, peer=peer, threads=args.threads,
+                       repeat=args.repeat, pp=tuple(args.pp), tg=tuple(args.tg), out=args.out,
+                       log=lambda s: print(s, file=sys.stderr))
+    print(report["markdown"])
+
+
+def _int_list(s: str) -> list[int]:
+    try:
+        v = [int(x) for x in s.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {s!r}") from None
+    if not v or min(v) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive whole numbers, got {s!r}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description="Research and profiling workbench for GGUF LLM inference.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -216,6 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output directory")
     _add_compute(s)
     s.set_defaults(fn=cmd_profile)
+    s = sub.add_parser("bench", help="tokens/s per backend beside llama.cpp, interleaved, with medians")
+    s.add_argument("model")
+    s.add_argument("--backends", default="numpy", help="comma-separated backends (default numpy)")
+    s.add_argument("--weight-cache", default="f32", choices=("none", "f32"), help="numpy's weight mode (default f32)")
+    s.add_argument("--peer", default="llama.cpp", choices=("llama.cpp", "none"))
+    s.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    s.add_argument("--repeat", type=int, default=3)
+    s.add_argument("--pp", type=_int_list, default=[64, 256], help="prompt sizes (default 64,256)")
+    s.add_argument("--tg", type=_int_list, default=[32, 128], help="generation lengths (default 32,128)")
+    s.add_argument("--out", default=None, help="write the JSON report here")
+    s.set_defaults(fn=cmd_bench)
     return p
 
 

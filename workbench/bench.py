@@ -1,0 +1,184 @@
+"""Benchmark: the workbench's backends beside llama.cpp, in one run, interleaved.
+
+    python -m workbench bench smollm2 --backends numpy --peer llama.cpp --repeat 3 --out bench.json
+
+For each engine (our backends, then the peer through llama-cpp-python) and each workload
+(prompt processing ppN: one batched pass of N tokens; generation tgN: N single-token
+steps after a short prompt) the runs are interleaved A B A B so machine drift cancels.
+Warm-up runs are excluded. The report has medians with min/max, run counts, ratios to
+the peer, the machine's measured memory bandwidth and each engine's fraction of the
+bandwidth bound for the bytes one generated token must read.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import atomic
+from .profile import machine_info
+
+
+def memory_bandwidth(nbytes: int = 1 << 28, repeat: int = 5) -> dict:
+    """STREAM-like: read (sum) and copy bandwidth of an array far larger than the caches, GB/s."""
+    a = np.ones(nbytes // 4, np.float32)
+    b = np.empty_like(a)
+    reads, copies = [], []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        a.sum()
+        reads.append(nbytes / (time.perf_counter() - t) / 1e9)
+        t = time.perf_counter()
+        np.copyto(b, a)
+        copies.append(2 * nbytes / (time.perf_counter() - t) / 1e9)
+    return {"read_GBps": max(reads), "copy_GBps": max(copies), "bytes": nbytes, "repeat": repeat}
+
+
+@dataclass
+class Engine:
+    name: str
+    run_pp: callable  # (tokens) -> seconds
+    run_tg: callable  # (prompt tokens, n) -> seconds for n-1 steps after the first
+    bytes_per_token: int
+    info: dict = field(default_factory=dict)
+    close: callable = lambda: None
+
+
+def our_engine(model_path: str, backend: str, weight_cache: str) -> Engine:
+    from .model import load
+
+    m = load(model_path, backend=backend, weight_cache=weight_cache)
+
+    def run_pp(tokens):
+        st = m.new_state(len(tokens))
+        t = time.perf_counter()
+        m.forward(st, tokens)
+        return time.perf_counter() - t
+
+    def run_tg(prompt, n):
+        st = m.new_state(len(prompt) + n)
+        logits = m.forward(st, prompt)[-1]
+        tok = int(logits.argmax())
+        t = time.perf_counter()
+        for _ in range(n):
+            tok = int(m.forward(st, [tok])[-1].argmax())
+        return time.perf_counter() - t
+
+    be = m.ops.backend
+    matmul_weights = [t for t in m.weights.tensors() if t.cols > 0 and len(t.dims) == 2]
+    if getattr(be, "cache_bytes", 0):
+        per_token = be.cache_bytes
+    else:
+        per_token = sum(t.nbytes for t in matmul_weights)
+    name = backend + (f"+{weight_cache}-cache" if weight_cache != "none" else "")
+    return Engine(name, run_pp, run_tg, per_token, {"load_seconds": m.load_seconds}, m.close)
+
+
+def llama_cpp_engine(model_path: str, threads: int) -> Engine:
+    try:
+        from llama_cpp import Llama
+    except ImportError as e:
+        raise RuntimeError("the llama.cpp peer needs llama-cpp-python: pip install -e '.[peer]' "
+                           "(see README: build flags)") from e
+    llm = Llama(model_path=model_path, n_ctx=1024, n_batch=512, n_threads=threads, n_threads_batch=threads,
+                verbose=False)
+
+    def run_pp(tokens):
+        llm.reset()
+        t = time.perf_counter()
+        llm.eval(list(tokens))
+        return time.perf_counter() - t
+
+    def run_tg(prompt, n):
+        llm.reset()
+        llm.eval(list(prompt))
+        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        t = time.perf_counter()
+        for _ in range(n):
+            llm.eval([tok])
+            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        return time.perf_counter() - t
+
+    import llama_cpp
+
+    per_token = os.path.getsize(model_path)
+    return Engine("llama.cpp", run_pp, run_tg, per_token, {"version": llama_cpp.__version__, "threads": threads},
+                  lambda: llm.close() if hasattr(llm, "close") else None)
+
+
+def run_bench(model: str, backends=("numpy",), weight_cache: str = "f32", peer: str | None = "llama.cpp",
+              threads: int = 2, repeat: int = 3, pp=(64, 256), tg=(32,), out: str | None = None,
+              log=print) -> dict:
+    from .models import resolve
+
+    path = str(resolve(model))
+    rng = np.random.default_rng(0)
+    engines = [our_engine(path, b, weight_cache if b == "numpy" else "none") for b in backends]
+    if peer:
+        engines.append(llama_cpp_engine(path, threads))
+    n_vocab_safe = 1000 + rng.integers(0, 20000, size=max(pp + (16,)))
+    workloads = [(f"pp{n}", "pp", n) for n in pp] + [(f"tg{n}", "tg", n) for n in tg]
+    results: dict = {e.name: {} for e in engines}
+    try:
+        for wname, kind, n in workloads:
+            toks = [int(t) for t in n_vocab_safe[:n]] if kind == "pp" else [int(t) for t in n_vocab_safe[:8]]
+            runs = {e.name: [] for e in engines}
+            for e in engines:  # warm-up, excluded
+                e.run_pp(toks) if kind == "pp" else e.run_tg(toks, min(n, 4))
+            for r in range(repeat):
+                for e in engines:  # interleaved: A B A B
+                    secs = e.run_pp(toks) if kind == "pp" else e.run_tg(toks, n)
+                    runs[e.name].append(n / secs)
+            for e in engines:
+                v = runs[e.name]
+                results[e.name][wname] = {"median_tps": statistics.median(v), "min_tps": min(v), "max_tps": max(v),
+                                          "runs": len(v)}
+                log(f"{wname:6s} {e.name:18s} median {statistics.median(v):8.1f} tok/s  "
+                    f"(min {min(v):.1f}, max {max(v):.1f}, {len(v)} runs)")
+    finally:
+        for e in engines:
+            e.close()
+    bw = memory_bandwidth()
+    report = {"model": os.path.basename(path), "machine": machine_info(), "threads": threads, "repeat": repeat,
+              "bandwidth": bw, "engines": {}, "blas": _blas_info()}
+    for e in engines:
+        r = {"workloads": results[e.name], "bytes_per_token": e.bytes_per_token, "info": e.info}
+        for wname, v in results[e.name].items():
+            if wname.startswith("tg"):
+                bound = bw["read_GBps"] * 1e9 / e.bytes_per_token
+                v["bandwidth_bound_tps"] = bound
+                v["fraction_of_bound"] = v["median_tps"] / bound
+            if peer and e.name != "llama.cpp":
+                v["ratio_to_peer"] = v["median_tps"] / results["llama.cpp"][wname]["median_tps"]
+        report["engines"][e.name] = r
+    report["markdown"] = to_markdown(report)
+    if out:
+        atomic.write_json(out, report, indent=1)
+    return report
+
+
+def _blas_info() -> list:
+    try:
+        from threadpoolctl import threadpool_info
+
+        return [{k: d.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+                for d in threadpool_info()]
+    except ImportError:
+        return []
+
+
+def to_markdown(report: dict) -> str:
+    lines = [f"Model {report['model']}; {report['machine']['cpu']}, {report['threads']} threads, "
+             f"{report['repeat']} interleaved runs per cell (median, min-max); memory read bandwidth "
+             f"{report['bandwidth']['read_GBps']:.1f} GB/s.", "",
+             "| engine | workload | tok/s median | min-max | vs llama.cpp | of bandwidth bound |", "|---|---|---|---|---|---|"]
+    for name, e in report["engines"].items():
+        for w, v in e["workloads"].items():
+            ratio = f"{v['ratio_to_peer']:.2f}x" if "ratio_to_peer" in v else "-"
+            frac = f"{100 * v['fraction_of_bound']:.0f} % of {v['bandwidth_bound_tps']:.0f}" if "fraction_of_bound" in v else "-"
+            lines.append(f"| {name} | {w} | {v['median_tps']:.1f} | {v['min_tps']:.1f}-{v['max_tps']:.1f} | {ratio} | {frac} |")
+    return "\n".join(lines)
