@@ -158,8 +158,13 @@ def cmd_logits(args):
 def cmd_profile(args):
     from .profile import run_profile
 
+    layers = {x for x in args.touch.split(",") if x}
+    bad = layers - {"logical", "mapped", "cached"}
+    if bad:
+        raise CLIError(f"--touch takes logical, mapped, cached; not {sorted(bad)}")
     prof = run_profile(args.model, args.prompt, n=args.n, backend=args.backend, weight_cache=args.weight_cache,
-                       device=args.device, out=args.out, chat=args.chat)
+                       device=args.device, out=args.out, chat=args.chat, touch="logical" in layers,
+                       residency=bool(layers & {"mapped", "cached"}), cold=args.cold, madvise=args.madvise)
     print(prof.summary_text())
 
 
@@ -239,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=_positive_int, default=16)
     s.add_argument("--chat", action="store_true")
     s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--touch", default="logical,mapped,cached", help="touch layers to record (default all three)")
+    s.add_argument("--cold", action="store_true", help="evict the model file from the page cache first")
+    s.add_argument("--madvise", choices=("random", "sequential", "willneed", "normal"), default=None,
+                   help="madvise the mapping (random + --cold gives an exact OS-level touch map)")
     _add_compute(s)
     s.set_defaults(fn=cmd_profile)
     s = sub.add_parser("bench", help="tokens/s per backend beside llama.cpp, interleaved, with medians")

@@ -216,8 +216,9 @@ class GGUFFile:
         self.close()
 
 
-def open_gguf(path: str | os.PathLike) -> GGUFFile:
-    """Map a GGUF file and read its header, metadata and tensor table."""
+def open_gguf(path: str | os.PathLike, advice: int | None = None) -> GGUFFile:
+    """Map a GGUF file and read its header, metadata and tensor table.
+    `advice` (an mmap.MADV_* value) is applied to the mapping before anything is read."""
     path = os.fspath(path)
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -225,6 +226,8 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
         if st.st_size == 0:
             raise GGUFError(path, "magic", 0, "the file is empty")
         mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        if advice is not None:
+            mm.madvise(advice)
         g = parse(mm, path)
     except BaseException:
         os.close(fd)

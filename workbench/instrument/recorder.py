@@ -61,11 +61,24 @@ class Recorder:
     overhead_ns: int = 0  # the recorder's own bookkeeping time
     started_ns: int = 0
     marks: list[dict] = field(default_factory=list)  # free-form spans (tokens, phases)
+    residency: Any = None  # a residency.Residency: sample mapped/cached pages per forward pass
+    samples: list[dict] = field(default_factory=list)
+    _step: tuple = ()
 
     def __post_init__(self):
         self.started_ns = time.perf_counter_ns()
 
+    def sample(self, phase: str, pos: int) -> None:
+        """Snapshot the mapped and cached page masks (taken before each forward pass and at the end)."""
+        t0 = time.perf_counter_ns()
+        self.samples.append({"phase": phase, "pos": pos, "t_ns": t0 - self.started_ns,
+                             "mapped": self.residency.mapped(), "cached": self.residency.cached()})
+        self.overhead_ns += time.perf_counter_ns() - t0
+
     def op(self, ops, name, be, fn, args, weight, rows, flops):
+        if self.residency is not None and self._step != (ops.phase, ops.pos):
+            self._step = (ops.phase, ops.pos)
+            self.sample(ops.phase, ops.pos)
         t_enter = time.perf_counter_ns()
         ru0 = resource.getrusage(_RUSAGE_THREAD) if self.faults else None
         c0 = time.thread_time_ns()
@@ -110,14 +123,24 @@ class Recorder:
 
 
 @contextlib.contextmanager
-def record(model_or_ops, faults: bool = True, touch: bool = True):
-    """Attach a recorder to a model's ops for the duration of the block."""
-    ops = getattr(model_or_ops, "ops", model_or_ops)
+def record(model, faults: bool = True, touch: bool = True, residency: bool = False):
+    """Attach a recorder to a model's ops for the duration of the block.
+
+    faults: page faults per op; touch: logical rows per op; residency: the mapped
+    (pagemap) and cached (mincore) page masks of the model file, per forward pass."""
+    ops = model.ops
     if ops.recorder is not None:
         raise RuntimeError("a recorder is already attached to these ops")
-    rec = Recorder(faults=faults, touch=touch)
+    res = None
+    if residency:
+        from .residency import Residency
+
+        res = Residency(model.gguf)
+    rec = Recorder(faults=faults, touch=touch, residency=res)
     ops.recorder = rec
     try:
         yield rec
     finally:
         ops.recorder = None
+        if res is not None:
+            rec.sample("end", ops.pos)
