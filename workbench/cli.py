@@ -182,6 +182,25 @@ def cmd_bench(args):
     print(report["markdown"])
 
 
+def cmd_load_trial(args):
+    from .loading import trial
+
+    print(json.dumps(trial(args.model, args.strategy, args.threads, args.cold, args.weight_cache)))
+
+
+def cmd_load_bench(args):
+    from .loading import STRATEGIES, load_bench
+
+    strategies = [x for x in args.strategies.split(",") if x]
+    bad = [x for x in strategies if x not in STRATEGIES]
+    if bad:
+        raise CLIError(f"unknown strategies {bad}; strategies: {', '.join(STRATEGIES)}")
+    cold, warm = (args.cold or not args.warm), (args.warm or not args.cold)
+    load_bench(args.model, strategies, tuple(args.threads), cold=cold, warm=warm, repeat=args.repeat, out=args.out,
+               log=lambda s: print(s, file=sys.stderr))
+    print(f"{args.out}: load report", file=sys.stderr)
+
+
 def _int_list(s: str) -> list[int]:
     try:
         v = [int(x) for x in s.split(",") if x]
@@ -261,6 +280,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tg", type=_int_list, default=[32, 128], help="generation lengths (default 32,128)")
     s.add_argument("--out", default=None, help="write the JSON report here")
     s.set_defaults(fn=cmd_bench)
+
+    from .loading import STRATEGIES
+
+    s = sub.add_parser("load-bench", help="load strategies x threads x cold/warm, each in a fresh process")
+    s.add_argument("model")
+    s.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma-separated (default all: {', '.join(STRATEGIES)})")
+    s.add_argument("--threads", type=_int_list, default=[1, 2], help="worker counts for parallel loading (default 1,2)")
+    s.add_argument("--cold", action="store_true", help="cold runs (file evicted from the page cache)")
+    s.add_argument("--warm", action="store_true", help="warm runs (default: both cold and warm)")
+    s.add_argument("--repeat", type=int, default=1)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_load_bench)
+
+    s = sub.add_parser("load-trial", help="(internal) one load, as JSON")
+    s.add_argument("model")
+    s.add_argument("--strategy", choices=STRATEGIES, default="mmap")
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--cold", action="store_true")
+    s.add_argument("--weight-cache", default="none", choices=("none", "f32"))
+    s.set_defaults(fn=cmd_load_trial)
     return p
 
 

@@ -93,7 +93,7 @@ class Model:
         self.gguf.close()
 
 
-def load(model: str | os.PathLike, backend: str | Backend = "numpy", *, weight_cache: str = "none",
+def load(model: str | os.PathLike | GGUFFile, backend: str | Backend = "numpy", *, weight_cache: str = "none",
          per_op: dict[str, str | Backend] | None = None, device: str | None = None,
          advice: int | None = None) -> Model:
     """Map a GGUF file (registry name or path) and get it ready to run on `backend`.
@@ -101,8 +101,11 @@ def load(model: str | os.PathLike, backend: str | Backend = "numpy", *, weight_c
     per_op: backends for single ops, e.g. {"matmul": "opencl"}; advice: an mmap.MADV_*
     value applied to the mapping before the header is read."""
     t0 = time.perf_counter()
-    path = str(resolve(model))
-    g = open_gguf(path, advice=advice)
+    if isinstance(model, GGUFFile):  # already opened, e.g. by a load strategy (workbench.loading)
+        g, path = model, model.path
+    else:
+        path = str(resolve(model))
+        g = open_gguf(path, advice=advice)
     t1 = time.perf_counter()
     try:
         cfg = Config.from_gguf(g)

@@ -592,11 +592,13 @@ class _BPETokenizer(Tokenizer):
 
     def _encode_fragments(self, fragments, out):
         hf = self._hf
+        n = self.n_vocab
         for frag in fragments:
             if isinstance(frag, int):
                 out.append(frag)
             else:
-                out.extend(hf.encode(frag, add_special_tokens=False).ids)
+                ids = hf.encode(frag, add_special_tokens=False).ids
+                out.extend(i for i in ids if i < n)   # bytes the vocabulary lacks are dropped
 
     def _piece_text(self, i: int) -> bytes:
         a = int(self._attr[i])
@@ -628,6 +630,16 @@ def _build_hf_bpe(vocab: dict[str, int], merges: Sequence[str], family: str, ign
         pos = m.find(" ", 1)   # llama.cpp splits at the first space after the first character
         pairs.append((m[:pos], m[pos + 1:]) if pos >= 0 else ("", ""))
     pairs = list(dict.fromkeys(pairs))   # llama.cpp keeps a pair's first rank
+    # A byte whose character is missing from the vocabulary stays a symbol of its own in
+    # llama.cpp (no merge crosses it) and is dropped from the output; Hugging Face's BPE would
+    # drop it first and merge its neighbours. Give such characters ids past the vocabulary
+    # (removed again after encoding) so that they block merges the same way.
+    n = len(vocab)
+    missing = [c for c in _BYTE_TO_UNICODE.values() if c not in vocab]
+    if missing:
+        vocab = dict(vocab)
+        for k, c in enumerate(missing):
+            vocab[c] = n + k
     try:
         bpe = models.BPE(vocab, pairs, ignore_merges=ignore_merges)
     except Exception as e:

@@ -55,13 +55,22 @@ def cached_pages(addr: int, length: int) -> np.ndarray:
     return (np.frombuffer(vec, dtype=np.uint8) & 1).astype(bool)
 
 
-def evict(path: str | os.PathLike) -> None:
-    """Drop the file's clean pages from the page cache (a cold start; no root needed)."""
+def evict(path: str | os.PathLike) -> int:
+    """Drop the file's pages from the page cache (a cold start; no root needed). Returns the
+    bytes still cached afterwards: pages that some process has mapped and present stay."""
     fd = os.open(path, os.O_RDONLY)
     try:
+        os.fsync(fd)  # dirty pages (a file just written) cannot be dropped before writeback
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if os.fstat(fd).st_size == 0:
+            return 0
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
     finally:
         os.close(fd)
+    try:
+        return int(cached_pages(*mapping_span(mm)).sum()) * PAGE
+    finally:
+        mm.close()
 
 
 def advise(mm: mmap.mmap, advice: str) -> None:

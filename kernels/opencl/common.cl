@@ -1,0 +1,182 @@
+/* common.cl: prepended by the host to every kernel file (no #include, so every driver and
+ * pyopencl's binary cache see one self-contained source).
+ *
+ * Portable OpenCL C 1.2: no extensions, halves only through vload_half (core), work-group
+ * sizes chosen by the host from the device (reductions need a power of two).
+ *
+ * Holds what several programs share: the f16/u32 loaders, the work-group reductions and
+ * the GGUF block readers. A block reader `deq32_<type>(row, u, w)` dequantizes weight unit
+ * `u` (32 consecutive weights) of one row of raw blocks into the private array w[32], with
+ * exactly the arithmetic, in the same order, of kernels/qtypes.py: results are bit-identical
+ * to the numpy reference (hence FP_CONTRACT OFF: no fused multiply-add). */
+
+#pragma OPENCL FP_CONTRACT OFF
+
+/* GGML type ids (kernels/qtypes.py) of the types read here */
+#define QT_F32 0
+#define QT_F16 1
+#define QT_Q4_0 2
+#define QT_Q4_1 3
+#define QT_Q5_0 6
+#define QT_Q8_0 8
+#define QT_Q4_K 12
+#define QT_Q6_K 14
+
+typedef global const uchar *gbytes;
+
+/* a little-endian f16 at a 2-byte aligned address (every scale field of every block is) */
+inline float ld_f16(gbytes p) { return vload_half(0, (global const half *)p); }
+
+/* a little-endian u32 at any address (Q5_0 keeps one at byte 2 of a 22-byte block) */
+inline uint ld_u32(gbytes p) {
+    return (uint)p[0] | ((uint)p[1] << 8) | ((uint)p[2] << 16) | ((uint)p[3] << 24);
+}
+
+/* ---- work-group reductions (local size a power of two; every work-item gets the result;
+ *      `red` holds get_local_size(0) floats and may be reused right after) ---- */
+
+inline float wg_sum(float v, local float *red) {
+    const int lid = get_local_id(0);
+    red[lid] = v;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = get_local_size(0) >> 1; s > 0; s >>= 1) {
+        if (lid < s) red[lid] += red[lid + s];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float r = red[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return r;
+}
+
+inline float wg_max(float v, local float *red) {
+    const int lid = get_local_id(0);
+    red[lid] = v;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = get_local_size(0) >> 1; s > 0; s >>= 1) {
+        if (lid < s) red[lid] = fmax(red[lid], red[lid + s]);
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float r = red[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return r;
+}
+
+/* ---- block readers: unit u (32 weights) of a row of raw blocks -> w[0..31] ---- */
+
+/* F32 / F16: a unit is 32 plain values; the last unit of a row may hold only `nv` */
+inline void deq32_f32(gbytes row, int u, int nv, float *w) {
+    global const float *p = (global const float *)row + 32 * u;
+    for (int j = 0; j < 32; ++j) w[j] = j < nv ? p[j] : 0.0f;
+}
+
+inline void deq32_f16(gbytes row, int u, int nv, float *w) {
+    global const half *p = (global const half *)row + 32 * u;
+    for (int j = 0; j < 32; ++j) w[j] = j < nv ? vload_half(j, p) : 0.0f;
+}
+
+/* Q4_0, 18 bytes: d:f16 qs[16]; low nibbles are weights 0-15, high nibbles 16-31.
+ * w = (q - 8) * d */
+inline void deq32_q4_0(gbytes row, int u, float *w) {
+    gbytes b = row + 18 * u;
+    const float d = ld_f16(b);
+    for (int j = 0; j < 16; ++j) {
+        const uchar q = b[2 + j];
+        w[j] = (float)((int)(q & 15) - 8) * d;
+        w[j + 16] = (float)((int)(q >> 4) - 8) * d;
+    }
+}
+
+/* Q4_1, 20 bytes: d:f16 m:f16 qs[16]. w = q * d + m */
+inline void deq32_q4_1(gbytes row, int u, float *w) {
+    gbytes b = row + 20 * u;
+    const float d = ld_f16(b), m = ld_f16(b + 2);
+    for (int j = 0; j < 16; ++j) {
+        const uchar q = b[4 + j];
+        w[j] = (float)(q & 15) * d + m;
+        w[j + 16] = (float)(q >> 4) * d + m;
+    }
+}
+
+/* Q5_0, 22 bytes: d:f16 qh:u32 qs[16]; bit j of qh is the fifth bit of weight j.
+ * w = (q - 16) * d */
+inline void deq32_q5_0(gbytes row, int u, float *w) {
+    gbytes b = row + 22 * u;
+    const float d = ld_f16(b);
+    const uint qh = ld_u32(b + 2);
+    for (int j = 0; j < 16; ++j) {
+        const uchar q = b[6 + j];
+        const int lo = (q & 15) | (((qh >> j) & 1) << 4);
+        const int hi = (q >> 4) | (((qh >> (j + 16)) & 1) << 4);
+        w[j] = (float)(lo - 16) * d;
+        w[j + 16] = (float)(hi - 16) * d;
+    }
+}
+
+/* Q8_0, 34 bytes: d:f16 qs[32] (int8). w = q * d */
+inline void deq32_q8_0(gbytes row, int u, float *w) {
+    gbytes b = row + 34 * u;
+    const float d = ld_f16(b);
+    for (int j = 0; j < 32; ++j) w[j] = (float)((char)b[2 + j]) * d;
+}
+
+/* Q4_K, 144 bytes: d:f16 dmin:f16 scales[12] qs[128]; unit = sub-block s (8 per block).
+ * Six-bit scale and min of sub-block s: for s < 4 the low 6 bits of scales[s] and
+ * scales[s + 4]; else the nibbles of scales[s + 4] below the top 2 bits of scales[s - 4]
+ * and scales[s]. qs: 4 runs of 32 bytes, run s/2, low nibbles for even s, high for odd.
+ * w = (d * scale) * q - (dmin * min) */
+inline void deq32_q4_k(gbytes row, int u, float *w) {
+    gbytes b = row + 144 * (u >> 3);
+    const int s = u & 7;
+    gbytes sc = b + 4;
+    int scale, mn;
+    if (s < 4) {
+        scale = sc[s] & 63;
+        mn = sc[s + 4] & 63;
+    } else {
+        scale = (sc[s + 4] & 15) | ((sc[s - 4] >> 6) << 4);
+        mn = (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
+    }
+    const float dl = ld_f16(b) * (float)scale, ml = ld_f16(b + 2) * (float)mn;
+    gbytes qs = b + 16 + 32 * (s >> 1);
+    const int shift = 4 * (s & 1);
+    for (int j = 0; j < 32; ++j) w[j] = dl * (float)((qs[j] >> shift) & 15) - ml;
+}
+
+/* Q6_K, 210 bytes: ql[128] qh[64] scales[16] (int8) d:f16; 16 sub-blocks of 16 weights,
+ * in two halves of 128. Unit s (8 per block) is quarter s&3 of half s>>2: its low 4 bits
+ * are the low (quarters 0, 1) or high (2, 3) nibbles of ql bytes 32*(s&1).., its top 2 bits
+ * field s&3 of the half's 32 qh bytes. w = (d * scale) * (q - 32) */
+inline void deq32_q6_k(gbytes row, int u, float *w) {
+    gbytes b = row + 210 * (u >> 3);
+    const int s = u & 7, half = s >> 2, quarter = s & 3;
+    gbytes ql = b + 64 * half + 32 * (quarter & 1);
+    gbytes qh = b + 128 + 32 * half;
+    const int lshift = 4 * (quarter >> 1), hshift = 2 * quarter;
+    global const char *scales = (global const char *)(b + 192);
+    const float d = ld_f16(b + 208);
+    const float d0 = d * (float)scales[8 * half + 2 * quarter];
+    const float d1 = d * (float)scales[8 * half + 2 * quarter + 1];
+    for (int j = 0; j < 32; ++j) {
+        const int q = (((ql[j] >> lshift) & 15) | (((qh[j] >> hshift) & 3) << 4)) - 32;
+        w[j] = (j < 16 ? d0 : d1) * (float)q;
+    }
+}
+
+/* unit u of a row of type qt (a compile-time constant at every call, so this folds) */
+inline void deq32(const int qt, gbytes row, int u, int nv, float *w) {
+    switch (qt) {
+    case QT_F32: deq32_f32(row, u, nv, w); break;
+    case QT_F16: deq32_f16(row, u, nv, w); break;
+    case QT_Q4_0: deq32_q4_0(row, u, w); break;
+    case QT_Q4_1: deq32_q4_1(row, u, w); break;
+    case QT_Q5_0: deq32_q5_0(row, u, w); break;
+    case QT_Q8_0: deq32_q8_0(row, u, w); break;
+    case QT_Q4_K: deq32_q4_k(row, u, w); break;
+    case QT_Q6_K: deq32_q6_k(row, u, w); break;
+    }
+}
+
+/* the kernel-name suffix and type id of every type read here, for per-type kernels */
+#define FOR_EACH_WEIGHT_TYPE(X) \
+    X(f32, QT_F32) X(f16, QT_F16) X(q4_0, QT_Q4_0) X(q4_1, QT_Q4_1) \
+    X(q5_0, QT_Q5_0) X(q8_0, QT_Q8_0) X(q4_k, QT_Q4_K) X(q6_k, QT_Q6_K)
