@@ -4,9 +4,13 @@ numexpr evaluates an expression in one pass over cache-sized blocks, on several 
 without the float32 temporaries numpy makes per operator. What it changes, and only that:
 
 - the elementwise parts of rms_norm, rope, silu_mul, gelu_mul, add, scale and softmax;
-- the last dequantization step (`q*d + m`, `(q - 8)*d`, `q*d`) of the 32-weight block types
-  Q4_0, Q4_1, Q5_0 and Q8_0 inside the chunked matmul and embed (bit unpacking stays numpy,
-  on uint8, one byte a weight).
+- optionally (`dequant="numexpr"`), the last dequantization step (`q*d + m`, `(q - 8)*d`,
+  `q*d`) of the 32-weight block types Q4_0, Q4_1, Q5_0 and Q8_0 inside the chunked matmul
+  and embed (bit unpacking stays numpy, on uint8, one byte a weight). Off by default: on
+  real SmolLM2 Q4_1 weights (a 227 x 576 band, one thread or two, min of 100 runs) it took
+  330-550 us against the reference's 230-320 us; numexpr's per-block iteration over rows
+  of 32 with a broadcast scale costs more than numpy's three vector passes. Measure again
+  on another machine before switching it on.
 
 Matmuls stay BLAS (`x @ w.T`); reductions (the mean square of rms_norm, softmax's max and
 sum) stay numpy so they sum in the same order as the reference. With float32 constants
@@ -68,9 +72,13 @@ _BLOCK_DEQUANT = {"Q4_0": _q4_0, "Q4_1": _q4_1, "Q5_0": _q5_0, "Q8_0": _q8_0}
 class NumexprBackend(NumpyBackend):
     name = "numexpr"
 
-    def __init__(self, weight_cache: str = "none", min_size: int = 8192, threads: int | None = None):
+    def __init__(self, weight_cache: str = "none", min_size: int = 8192, threads: int | None = None,
+                 dequant: str = "numpy"):
         super().__init__(weight_cache)
+        if dequant not in ("numpy", "numexpr"):
+            raise ValueError(f"dequant must be 'numpy' or 'numexpr', not {dequant!r}")
         self.min_size = min_size
+        self.dequant_with = dequant
         if threads is not None:
             ne.set_num_threads(threads)
 
@@ -82,7 +90,7 @@ class NumexprBackend(NumpyBackend):
     def dequantize(self, raw: np.ndarray, qtype) -> np.ndarray:
         """kernels.qtypes.dequantize, with the final scale step through numexpr where the
         type has one here."""
-        fn = _BLOCK_DEQUANT.get(qtype.name)
+        fn = _BLOCK_DEQUANT.get(qtype.name) if self.dequant_with == "numexpr" else None
         if fn is None or raw.size < self.min_size // 4:
             return dequantize(raw, qtype)
         lead = raw.shape[:-1]
@@ -96,7 +104,7 @@ class NumexprBackend(NumpyBackend):
         return self.dequantize(w.data[ids], w.qtype)
 
     def matmul(self, x, w):
-        if id(w) in self._cache or w.qtype.name == "F32" or w.qtype.name not in _BLOCK_DEQUANT:
+        if self.dequant_with != "numexpr" or id(w) in self._cache or w.qtype.name not in _BLOCK_DEQUANT:
             return super().matmul(x, w)
         out = np.empty((x.shape[0], w.rows), F32)
         step = max(16, CHUNK_WEIGHTS // w.cols)

@@ -34,3 +34,19 @@ def tiny_model_path(tmp_path_factory):
     p = tmp_path_factory.mktemp("tiny") / "tiny-llama.gguf"
     tiny_llama(p)
     return p
+
+
+@pytest.fixture(scope="session")
+def gemma3_path() -> Path:
+    from workbench.models import fetch
+
+    return fetch("gemma3")
+
+
+@pytest.fixture(scope="session")
+def gemma3(gemma3_path):
+    import workbench
+
+    m = workbench.load(gemma3_path, weight_cache="f32")
+    yield m
+    m.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kernels.base import Backend
 
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "numexpr", "opencl")
 
 
 def make_backend(spec: str | Backend, weight_cache: str = "none", device: str | None = None) -> Backend:
@@ -14,4 +14,12 @@ def make_backend(spec: str | Backend, weight_cache: str = "none", device: str | 
         from kernels.numpy_backend import NumpyBackend
 
         return NumpyBackend(weight_cache=weight_cache)
+    if spec == "numexpr":
+        from kernels.numexpr_backend import NumexprBackend
+
+        return NumexprBackend(weight_cache=weight_cache)
+    if spec == "opencl":
+        from kernels.opencl_backend import OpenCLBackend
+
+        return OpenCLBackend(device=device)
     raise ValueError(f"unknown backend {spec!r}; available: {', '.join(BACKENDS)}")

@@ -17,7 +17,7 @@ import numpy as np
 
 from kernels.base import Backend, KVCache
 
-from . import model_llama
+from . import model_gemma3, model_llama
 from .backends import make_backend
 from .config import Config
 from .gguf import GGUFError, GGUFFile, open_gguf
@@ -36,8 +36,11 @@ class Architecture:
 
 LLAMA_BLOCK = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
 
+GEMMA3_BLOCK = LLAMA_BLOCK + ("attn_q_norm", "attn_k_norm", "post_attention_norm", "post_ffw_norm")
+
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": Architecture(model_llama.forward, LLAMA_BLOCK),
+    "gemma3": Architecture(model_gemma3.forward, GEMMA3_BLOCK),
 }
 
 

@@ -143,19 +143,19 @@ inline void deq32_q4_k(gbytes row, int u, float *w) {
 }
 
 /* Q6_K, 210 bytes: ql[128] qh[64] scales[16] (int8) d:f16; 16 sub-blocks of 16 weights,
- * in two halves of 128. Unit s (8 per block) is quarter s&3 of half s>>2: its low 4 bits
+ * in two halves of 128. Unit s (8 per block) is quarter s&3 of half hb = s>>2: its low 4 bits
  * are the low (quarters 0, 1) or high (2, 3) nibbles of ql bytes 32*(s&1).., its top 2 bits
  * field s&3 of the half's 32 qh bytes. w = (d * scale) * (q - 32) */
 inline void deq32_q6_k(gbytes row, int u, float *w) {
     gbytes b = row + 210 * (u >> 3);
-    const int s = u & 7, half = s >> 2, quarter = s & 3;
-    gbytes ql = b + 64 * half + 32 * (quarter & 1);
-    gbytes qh = b + 128 + 32 * half;
+    const int s = u & 7, hb = s >> 2, quarter = s & 3;
+    gbytes ql = b + 64 * hb + 32 * (quarter & 1);
+    gbytes qh = b + 128 + 32 * hb;
     const int lshift = 4 * (quarter >> 1), hshift = 2 * quarter;
     global const char *scales = (global const char *)(b + 192);
     const float d = ld_f16(b + 208);
-    const float d0 = d * (float)scales[8 * half + 2 * quarter];
-    const float d1 = d * (float)scales[8 * half + 2 * quarter + 1];
+    const float d0 = d * (float)scales[8 * hb + 2 * quarter];
+    const float d1 = d * (float)scales[8 * hb + 2 * quarter + 1];
     for (int j = 0; j < 32; ++j) {
         const int q = (((ql[j] >> lshift) & 15) | (((qh[j] >> hshift) & 3) << 4)) - 32;
         w[j] = (j < 16 ? d0 : d1) * (float)q;

@@ -1,0 +1,470 @@
+"""The OpenCL backend: every op of the contract as OpenCL C kernels (kernels/opencl/*.cl).
+
+Written for GPUs, tested on PoCL (a CPU device from `pip install pyopencl
+pocl-binary-distribution`) and under oclgrind. Portable OpenCL C 1.2: no extensions, work-group
+sizes from the device and kernel (powers of two where a kernel reduces).
+
+- Weights: matmul and embed read the raw GGUF blocks (F32, F16, Q4_0, Q4_1, Q5_0, Q8_0,
+  Q4_K, Q6_K) through the shared block readers of `common.cl`; no dequantized model exists
+  on the device. A weight is made a buffer the first time an op needs it, once, in this
+  backend's own cache keyed by the tensor. Where the device shares host memory (PoCL on a
+  CPU: `host_unified_memory`) the buffer is the mapped file itself (CL_MEM_USE_HOST_PTR),
+  so kernels read the mapped pages and the page-fault/touch signal stays real; elsewhere the
+  blocks are copied to the device once. Other types: `supports()` is False and ops.py falls
+  back to numpy.
+- Activations: for now every op takes host arrays and returns host arrays (copy in, run,
+  copy out). `CLArray` inputs (device buffers) are accepted already, and `to_host` turns one
+  into numpy, so ops can later return device arrays and keep a forward on the device.
+- KV cache: `new_kv_cache` allocates it on the device; attention writes k, v there and reads
+  it in place (attn_scores -> softmax -> attn_values).
+- Timing: the queue has PROFILING_ENABLE; every kernel and copy of an op is noted, and after
+  the op's final blocking read (all its commands complete: the queue is in order) its
+  times are appended to `self.kernel_events` as plain dicts
+  {kernel, queued_ns, submit_ns, start_ns, end_ns} (device clock). `drain_kernel_events()`
+  returns and clears them. `profile=False` skips reading them.
+- Programs: each `<name>.cl` is compiled with `common.cl` prepended, once per context; the
+  context and programs are shared by every backend on the same device (and pyopencl keeps
+  the binaries in its on-disk cache).
+- Device: `device=` an index into `list_devices()` or a substring of "platform: device"
+  (case-insensitive), else env `WORKBENCH_OPENCL_DEVICE`, else the first GPU, else the first
+  device. No platform, no match, or a failed build raise `BackendError` saying what exists.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .base import OPS, ROPE_NEOX, ROPE_NORM, Backend, BackendError, KVCache
+
+KERNEL_DIR = Path(__file__).with_name("opencl")
+COMMON = "common"
+PROGRAMS = ("matmul", "embed", "norm", "rope", "elementwise", "attention")
+# weight types read by the block readers, and their kernel-name suffix
+WEIGHT_TYPES = {"F32": "f32", "F16": "f16", "Q4_0": "q4_0", "Q4_1": "q4_1", "Q5_0": "q5_0",
+                "Q8_0": "q8_0", "Q4_K": "q4_k", "Q6_K": "q6_k"}
+ENV_DEVICE = "WORKBENCH_OPENCL_DEVICE"
+TOKEN_TILE = 8  # tokens per matmul work-group (NT in matmul.cl)
+MAX_LOCAL = 256  # largest work-group the host asks for
+SCORES_FLOATS = 1 << 24  # attention scores buffer limit (64 MiB); longer batches run in chunks
+F32 = np.float32
+
+
+def _cl():
+    try:
+        import pyopencl as cl
+        import pyopencl.tools  # noqa: F401  (memory pool)
+    except ImportError as e:
+        raise BackendError("the opencl backend needs pyopencl (and a device, e.g. "
+                           "`pip install pyopencl pocl-binary-distribution`): " + str(e)) from e
+    return cl
+
+
+# ---- device selection ---------------------------------------------------------------------
+
+def _all_devices(cl) -> list:
+    """[(platform, device)] over every platform, in platform order."""
+    try:
+        platforms = cl.get_platforms()
+    except cl.Error:  # PLATFORM_NOT_FOUND_KHR: no ICD installed
+        return []
+    found = []
+    for p in platforms:
+        try:
+            found += [(p, d) for d in p.get_devices()]
+        except cl.Error:  # a platform with no devices
+            pass
+    return found
+
+
+def _describe(p, d) -> str:
+    return f"{p.name.strip()}: {d.name.strip()}"
+
+
+def list_devices() -> list[str]:
+    """'platform: device' of every OpenCL device, in the order `device=<index>` uses."""
+    return [_describe(p, d) for p, d in _all_devices(_cl())]
+
+
+def select_device(spec: int | str | None = None):
+    """The pyopencl Device for `spec` (index, or name substring), else $WORKBENCH_OPENCL_DEVICE,
+    else the first GPU, else the first device."""
+    cl = _cl()
+    if spec is None or spec == "":
+        spec = os.environ.get(ENV_DEVICE) or None
+    found = _all_devices(cl)
+    if not found:
+        raise BackendError("no OpenCL platform with a device found (no ICD registered?). "
+                           "For a CPU device: pip install pocl-binary-distribution")
+    names = [f"{i}: {_describe(p, d)}" for i, (p, d) in enumerate(found)]
+    if spec is None:
+        gpus = [d for _, d in found if d.type & cl.device_type.GPU]
+        return gpus[0] if gpus else found[0][1]
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
+        i = int(spec)
+        if 0 <= i < len(found):
+            return found[i][1]
+        raise BackendError(f"no OpenCL device with index {i}; found: {'; '.join(names)}")
+    hits = [d for p, d in found if str(spec).lower() in _describe(p, d).lower()]
+    if not hits:
+        raise BackendError(f"no OpenCL device matches {spec!r}; found: {'; '.join(names)}")
+    return hits[0]
+
+
+# ---- programs, built once per context ----------------------------------------------------
+
+_CONTEXTS: dict[int, tuple] = {}  # device int_ptr -> (context, {program name: Program})
+
+
+def _source(name: str) -> str:
+    common = (KERNEL_DIR / f"{COMMON}.cl").read_text()
+    return f"{common}\n#line 1\n{(KERNEL_DIR / f'{name}.cl').read_text()}"
+
+
+def _context_and_programs(cl, device) -> tuple:
+    key = device.int_ptr
+    hit = _CONTEXTS.get(key)
+    if hit is not None:
+        return hit
+    try:
+        ctx = cl.Context([device])
+    except cl.Error as e:
+        raise BackendError(f"cannot create an OpenCL context on {device.name.strip()}: {e}") from e
+    options = [f"-DNT={TOKEN_TILE}", "-cl-std=CL1.2"]
+    programs = {}
+    for name in PROGRAMS:
+        try:
+            programs[name] = cl.Program(ctx, _source(name)).build(options=options)
+        except cl.Error as e:
+            raise BackendError(f"OpenCL build of kernels/opencl/{name}.cl failed on "
+                               f"{device.name.strip()} ({device.platform.name.strip()}):\n{e}") from e
+    _CONTEXTS[key] = (ctx, programs)
+    return ctx, programs
+
+
+# ---- device arrays -----------------------------------------------------------------------
+
+@dataclass
+class CLArray:
+    """A C-contiguous float32 array in a device buffer (activations that stay on the device)."""
+
+    buf: object
+    shape: tuple
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * self.size
+
+
+@dataclass
+class CLKVCache(KVCache):
+    """KVCache whose k[layer], v[layer] are device buffers of (n_ctx, n_head_kv, head_dim) f32."""
+
+    n_head_kv: int = 0
+    head_dim: int = 0
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(1, int(n)).bit_length() - 1)
+
+
+def _pow2_ceil(n: int) -> int:
+    return 1 << (max(1, int(n)) - 1).bit_length()
+
+
+def _round_up(n: int, m: int) -> int:
+    return (n + m - 1) // m * m
+
+
+class OpenCLBackend(Backend):
+    name = "opencl"
+
+    def __init__(self, device: int | str | None = None, weights: str = "auto", profile: bool = True):
+        """weights: "auto" (in place where the device shares host memory, else copied),
+        "host_ptr" (always CL_MEM_USE_HOST_PTR) or "copy" (always copied to the device)."""
+        if weights not in ("auto", "host_ptr", "copy"):
+            raise ValueError(f"weights must be 'auto', 'host_ptr' or 'copy', not {weights!r}")
+        cl = self.cl = _cl()
+        self.device = select_device(device)
+        self.ctx, programs = _context_and_programs(cl, self.device)
+        self.queue = cl.CommandQueue(self.ctx, self.device,
+                                     properties=cl.command_queue_properties.PROFILING_ENABLE)
+        self.pool = cl.tools.MemoryPool(cl.tools.ImmediateAllocator(self.queue))
+        self._kernels = {k.function_name: k for prog in programs.values() for k in prog.all_kernels()}
+        dev_max = min(self.device.max_work_group_size, MAX_LOCAL)
+        self._local_max = {
+            name: _pow2_floor(min(dev_max, k.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE,
+                                                                  self.device)))
+            for name, k in self._kernels.items()}
+        self.local_mem = self.device.local_mem_size
+        shared = bool(self.device.host_unified_memory) if _has_info(self.device, "host_unified_memory") else False
+        self.weights_in_place = weights == "host_ptr" or (weights == "auto" and shared)
+        self.profile = profile
+        self.kernel_events: list[dict] = []
+        self._weights: dict[int, tuple] = {}  # id(tensor) -> (tensor, Buffer)
+        self._pending: list = []  # (kernel name, event) of the op in flight
+        self._keep: list = []  # host arrays that non-blocking copies in flight read
+
+    def __repr__(self) -> str:
+        return f"OpenCLBackend({self.device.platform.name.strip()}: {self.device.name.strip()})"
+
+    def supports(self, op, qtype=None):
+        if op not in OPS:
+            return False
+        if op in ("matmul", "embed"):
+            return qtype is not None and getattr(qtype, "name", qtype) in WEIGHT_TYPES
+        return qtype is None
+
+    # ---- plumbing -------------------------------------------------------------------------
+
+    def _local(self, kernel: str, want: int) -> int:
+        """A power-of-two work-group size for `kernel`: the smallest covering `want`, within
+        what the device and the kernel allow."""
+        return min(_pow2_ceil(want), self._local_max[kernel])
+
+    def _launch(self, kernel: str, gsize: tuple, lsize: tuple, *args) -> None:
+        gsize = tuple(_round_up(g, l) for g, l in zip(gsize, lsize))
+        ev = self._kernels[kernel](self.queue, gsize, lsize, *args)
+        self._pending.append((kernel, ev))
+
+    def _in(self, x, dtype=F32):
+        """A device buffer holding x (a CLArray's own buffer, or a fresh copy of a host array)."""
+        if isinstance(x, CLArray):
+            return x.buf
+        x = np.ascontiguousarray(x, dtype=dtype)
+        buf = self.pool.allocate(max(x.nbytes, 4))
+        ev = self.cl.enqueue_copy(self.queue, buf, x, is_blocking=False)
+        self._pending.append(("copy_h2d", ev))
+        self._keep.append(x)
+        return buf
+
+    def _alloc(self, n_floats: int):
+        return self.pool.allocate(4 * max(n_floats, 1))
+
+    def _out(self, buf, shape) -> np.ndarray:
+        """Copy a result to the host (blocking: the op's commands are then all complete)."""
+        host = np.empty(shape, F32)
+        ev = self.cl.enqueue_copy(self.queue, host, buf, is_blocking=True)
+        self._pending.append(("copy_d2h", ev))
+        self._finish()
+        return host
+
+    def _finish(self) -> None:
+        pending, self._pending, self._keep = self._pending, [], []
+        if not pending:
+            return
+        self.cl.wait_for_events([ev for _, ev in pending])
+        if self.profile:
+            for name, ev in pending:
+                p = ev.profile
+                self.kernel_events.append({"kernel": name, "queued_ns": p.queued, "submit_ns": p.submit,
+                                           "start_ns": p.start, "end_ns": p.end})
+
+    def drain_kernel_events(self) -> list[dict]:
+        """The timed kernels and copies since the last drain, oldest first; clears them."""
+        events, self.kernel_events = self.kernel_events, []
+        return events
+
+    def _weight(self, w):
+        """The device buffer of weight tensor w (made on first use, then cached)."""
+        hit = self._weights.get(id(w))
+        if hit is not None and hit[0] is w:
+            return hit[1]
+        cl, data = self.cl, w.data
+        if data.nbytes > self.device.max_mem_alloc_size:
+            raise BackendError(f"{getattr(w, 'name', 'weight')}: {data.nbytes} bytes exceed the device's "
+                               f"largest buffer ({self.device.max_mem_alloc_size} bytes)")
+        mf = cl.mem_flags
+        try:
+            if self.weights_in_place and data.flags.c_contiguous:
+                buf = cl.Buffer(self.ctx, mf.READ_ONLY | mf.USE_HOST_PTR, hostbuf=data)
+            else:
+                buf = cl.Buffer(self.ctx, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=np.ascontiguousarray(data))
+        except cl.Error as e:
+            raise BackendError(f"cannot place {getattr(w, 'name', 'weight')} ({data.nbytes} bytes) "
+                               f"on {self.device.name.strip()}: {e}") from e
+        self._weights[id(w)] = (w, buf)
+        return buf
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights this backend has made buffers for."""
+        return sum(w.data.nbytes for w, _ in self._weights.values() if w.data is not None)
+
+    def to_host(self, x):
+        if isinstance(x, CLArray):
+            return self._out(x.buf, x.shape)
+        return x
+
+    def close(self) -> None:
+        try:
+            self.queue.finish()
+        except Exception:
+            pass
+        for _, buf in self._weights.values():
+            buf.release()
+        self._weights.clear()
+        self._pending, self._keep = [], []
+        self.pool.free_held()
+
+    # ---- weights: embed, matmul -----------------------------------------------------------
+
+    def embed(self, w, ids):
+        ids = np.asarray(ids).reshape(-1)
+        n, cols = len(ids), w.cols
+        kernel = "embed_" + WEIGHT_TYPES[w.qtype.name]
+        units = (cols + 31) // 32
+        ls = self._local(kernel, min(units, 64))
+        W, I, Y = self._weight(w), self._in(ids, np.int32), self._alloc(n * cols)
+        self._launch(kernel, (units, n), (ls, 1), W, np.int32(w.row_bytes), np.int32(cols), I, Y)
+        return self._out(Y, (n, cols))
+
+    def matmul(self, x, w):
+        n, k = x.shape
+        if k != w.cols:
+            raise ValueError(f"matmul: x has {k} columns, {getattr(w, 'name', 'w')} has {w.cols}")
+        kernel = "matmul_" + WEIGHT_TYPES[w.qtype.name]
+        ls = self._local(kernel, min((k + 31) // 32, 64))
+        while ls > 1 and 4 * TOKEN_TILE * ls > self.local_mem:
+            ls //= 2
+        W, X, Y = self._weight(w), self._in(x), self._alloc(n * w.rows)
+        self._launch(kernel, (w.rows * ls, -(-n // TOKEN_TILE)), (ls, 1), W, np.int32(w.row_bytes),
+                     np.int32(k), np.int32(w.rows), X, np.int32(n), Y,
+                     self.cl.LocalMemory(4 * TOKEN_TILE * ls))
+        return self._out(Y, (n, w.rows))
+
+    # ---- activations ----------------------------------------------------------------------
+
+    def rms_norm(self, x, weight, eps):
+        d = x.shape[-1]
+        rows = x.size // d
+        ls = self._local("rms_norm", min(d, MAX_LOCAL))
+        X, Wt, Y = self._in(x), self._in(weight), self._alloc(x.size)
+        self._launch("rms_norm", (rows * ls,), (ls,), X, Wt, Y, np.int32(d), F32(eps),
+                     self.cl.LocalMemory(4 * ls))
+        return self._out(Y, x.shape)
+
+    def rope(self, x, pos, theta_base, mode, n_rot=None):
+        if mode not in (ROPE_NORM, ROPE_NEOX):
+            raise ValueError(f"unknown rope mode {mode!r}")
+        n, H, hd = x.shape
+        n_rot = hd if n_rot is None else n_rot
+        half = n_rot // 2
+        # cos/sin of every (token, pair) exactly as the numpy reference rounds them
+        inv = theta_base ** (-np.arange(half, dtype=np.float64) * 2.0 / n_rot)
+        ang = np.asarray(pos, np.float64).reshape(-1)[:, None] * inv[None, :]
+        cs = np.stack([np.cos(ang).astype(F32), np.sin(ang).astype(F32)], axis=-1)  # (n, half, 2)
+        ls = self._local("rope", min(hd, 64))
+        X, CS, Y = self._in(x), self._in(cs), self._alloc(x.size)
+        self._launch("rope", (hd, H, n), (ls, 1, 1), X, CS, Y, np.int32(H), np.int32(hd),
+                     np.int32(n_rot), np.int32(mode == ROPE_NEOX))
+        return self._out(Y, x.shape)
+
+    def _softmax_rows(self, X, Y, rows: int, m: int) -> None:
+        ls = self._local("softmax", min(m, MAX_LOCAL))
+        self._launch("softmax", (rows * ls,), (ls,), X, Y, np.int32(m), self.cl.LocalMemory(4 * ls))
+
+    def softmax(self, x):
+        m = x.shape[-1]
+        X, Y = self._in(x), self._alloc(x.size)
+        self._softmax_rows(X, Y, x.size // m, m)
+        return self._out(Y, x.shape)
+
+    def _elementwise(self, kernel: str, inputs: list, scalars: tuple = ()) -> np.ndarray:
+        shape = np.broadcast_shapes(*(a.shape for a in inputs))
+        arrays = [a if a.shape == shape else np.broadcast_to(a, shape) for a in inputs]
+        N = int(np.prod(shape))
+        bufs = [self._in(a) for a in arrays]
+        Y = self._alloc(N)
+        ls = self._local(kernel, MAX_LOCAL)
+        self._launch(kernel, (N,), (ls,), *bufs, Y, np.int32(N), *scalars)
+        return self._out(Y, shape)
+
+    def silu_mul(self, g, u):
+        return self._elementwise("silu_mul", [g, u])
+
+    def gelu_mul(self, g, u):
+        return self._elementwise("gelu_mul", [g, u], (F32(np.sqrt(2.0 / np.pi)),))
+
+    def add(self, a, b):
+        return self._elementwise("add", [a, b])
+
+    def scale(self, x, s):
+        return self._elementwise("scale", [x], (F32(s),))
+
+    # ---- attention over a device-resident KV cache ----------------------------------------
+
+    def new_kv_cache(self, n_layer, n_ctx, n_head_kv, head_dim):
+        nbytes = 4 * n_ctx * n_head_kv * head_dim
+        mf = self.cl.mem_flags
+
+        def buf():
+            b = self.cl.Buffer(self.ctx, mf.READ_WRITE, nbytes)
+            self.cl.enqueue_fill_buffer(self.queue, b, np.zeros(1, F32), 0, nbytes)
+            return b
+
+        try:
+            cache = CLKVCache([buf() for _ in range(n_layer)], [buf() for _ in range(n_layer)], n_ctx,
+                              n_head_kv, head_dim)
+            self.queue.finish()
+        except self.cl.Error as e:
+            raise BackendError(f"cannot allocate a KV cache of 2 x {n_layer} x {nbytes} bytes on "
+                               f"{self.device.name.strip()}: {e}") from e
+        return cache
+
+    def kv_to_host(self, cache, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """(k, v) of one layer as host arrays (n_ctx, n_head_kv, head_dim)."""
+        if not isinstance(cache, CLKVCache):
+            return cache.k[layer], cache.v[layer]
+        shape = (cache.n_ctx, cache.n_head_kv, cache.head_dim)
+        return self._out(cache.k[layer], shape), self._out(cache.v[layer], shape)
+
+    def attention(self, q, k, v, cache, layer, pos, scale, window=None):
+        n, H, hd = q.shape
+        Hkv = k.shape[1]
+        T = pos + n
+        if T > cache.n_ctx:
+            raise ValueError(f"attention: positions up to {T} exceed the cache's n_ctx {cache.n_ctx}")
+        if isinstance(cache, CLKVCache):
+            K, V = cache.k[layer], cache.v[layer]
+            at = 4 * pos * Hkv * hd
+            for dst, src in ((K, k), (V, v)):
+                src = np.ascontiguousarray(src, F32)
+                self._pending.append(("copy_h2d", self.cl.enqueue_copy(self.queue, dst, src, dst_offset=at,
+                                                                       is_blocking=False)))
+                self._keep.append(src)
+        else:  # a host cache (made by another backend): keep it current, upload what we read
+            cache.k[layer][pos:T] = k
+            cache.v[layer][pos:T] = v
+            K, V = self._in(cache.k[layer][:T]), self._in(cache.v[layer][:T])
+        out = np.empty((n, H * hd), F32)
+        chunk = max(1, SCORES_FLOATS // (H * T))
+        win = np.int32(-1 if window is None else window)
+        for i0 in range(0, n, chunk):
+            i1 = min(n, i0 + chunk)
+            m, p0 = i1 - i0, np.int32(pos + i0)
+            Q, S, O = self._in(q[i0:i1]), self._alloc(m * H * T), self._alloc(m * H * hd)
+            ls = self._local("attn_scores", min(T, 64))
+            self._launch("attn_scores", (T, m * H), (ls, 1), Q, K, S, np.int32(H), np.int32(Hkv),
+                         np.int32(hd), p0, np.int32(T), F32(scale), win)
+            self._softmax_rows(S, S, m * H, T)
+            ls = self._local("attn_values", min(hd, 64))
+            self._launch("attn_values", (hd, m * H), (ls, 1), S, V, O, np.int32(H), np.int32(Hkv),
+                         np.int32(hd), p0, np.int32(T), win)
+            out[i0:i1] = self._out(O, (m, H * hd))
+        return out
+
+
+def _has_info(device, attr: str) -> bool:
+    try:
+        getattr(device, attr)
+        return True
+    except Exception:
+        return False
