@@ -182,3 +182,62 @@ def to_markdown(report: dict) -> str:
             frac = f"{100 * v['fraction_of_bound']:.0f} % of {v['bandwidth_bound_tps']:.0f}" if "fraction_of_bound" in v else "-"
             lines.append(f"| {name} | {w} | {v['median_tps']:.1f} | {v['min_tps']:.1f}-{v['max_tps']:.1f} | {ratio} | {frac} |")
     return "\n".join(lines)
+
+
+OVERHEAD_MODES = {
+    # name: recorder settings (None: no recorder attached; "raw": the dispatch's recorder check bypassed)
+    "no recorder (raw dispatch)": "raw",
+    "recording off": None,
+    "timing only": dict(faults=False, touch=False, residency=False),
+    "timing + faults": dict(faults=True, touch=False, residency=False),
+    "full (faults, logical touch, mapped/cached per pass)": dict(faults=True, touch=True, residency=True),
+}
+
+
+def run_overhead(model: str, n: int = 16, repeat: int = 5, weight_cache: str = "f32", log=print) -> dict:
+    """Decode tokens/s with each recorder setting, interleaved, medians: what recording costs."""
+    from .instrument.recorder import record
+    from .model import load
+
+    m = load(model, weight_cache=weight_cache)
+    ops = m.ops
+    plain_run = ops._run
+
+    def decode(mode) -> float:
+        st = m.new_state(n + 8)
+        m.forward(st, [1, 2, 3, 4])
+        if mode == "raw":
+            ops._run = lambda op, be, fn, args, *rest, **kw: fn(*args)
+        try:
+            if isinstance(mode, dict):
+                with record(m, **mode):
+                    t = time.perf_counter()
+                    for i in range(n):
+                        m.forward(st, [5 + i])
+                    return n / (time.perf_counter() - t)
+            t = time.perf_counter()
+            for i in range(n):
+                m.forward(st, [5 + i])
+            return n / (time.perf_counter() - t)
+        finally:
+            ops._run = plain_run
+
+    runs = {k: [] for k in OVERHEAD_MODES}
+    try:
+        for k, mode in OVERHEAD_MODES.items():  # warm-up
+            decode(mode)
+        for _ in range(repeat):
+            for k, mode in OVERHEAD_MODES.items():
+                runs[k].append(decode(mode))
+    finally:
+        m.close()
+    base = statistics.median(runs["recording off"])
+    out = {}
+    for k, v in runs.items():
+        med = statistics.median(v)
+        out[k] = {"median_tps": med, "min_tps": min(v), "max_tps": max(v), "runs": len(v),
+                  "slowdown_vs_off": base / med - 1.0}
+        log(f"{k:55s} {med:7.2f} tok/s (min {min(v):.2f}, max {max(v):.2f}, {len(v)} runs)  "
+            f"{100 * (base / med - 1):+.1f} % vs off")
+    return {"model": model, "n_tokens": n, "repeat": repeat, "weight_cache": weight_cache, "modes": out,
+            "machine": machine_info()}

@@ -166,6 +166,12 @@ def cmd_profile(args):
                        device=args.device, out=args.out, chat=args.chat, touch="logical" in layers,
                        residency=bool(layers & {"mapped", "cached"}), cold=args.cold, madvise=args.madvise)
     print(prof.summary_text())
+    if args.py_spy:
+        from .pyspy import record_workload
+
+        argv = [a for a in (args.argv or []) if a != "--py-spy"]
+        for path in record_workload(argv, args.out):
+            print(f"py-spy: {path}", file=sys.stderr)
 
 
 def cmd_bench(args):
@@ -180,6 +186,26 @@ def cmd_bench(args):
                        repeat=args.repeat, pp=tuple(args.pp), tg=tuple(args.tg), out=args.out,
                        log=lambda s: print(s, file=sys.stderr))
     print(report["markdown"])
+
+
+def cmd_overhead(args):
+    from .bench import run_overhead
+
+    report = run_overhead(args.model, n=args.n, repeat=args.repeat, weight_cache=args.weight_cache)
+    if args.out:
+        from . import atomic
+
+        atomic.write_json(args.out, report, indent=1)
+
+
+def cmd_diff(args):
+    from .instrument.analysis import diff, format_table
+    from .profile import load_profile
+
+    a, b = load_profile(args.a), load_profile(args.b)
+    rows = diff(a.events, b.events, args.by, args.phase)
+    print(f"A = {args.a} ({a.meta['settings']['backend']}), B = {args.b} ({b.meta['settings']['backend']})")
+    print(format_table(rows, floatfmt=".3f"))
 
 
 def cmd_load_trial(args):
@@ -267,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cold", action="store_true", help="evict the model file from the page cache first")
     s.add_argument("--madvise", choices=("random", "sequential", "willneed", "normal"), default=None,
                    help="madvise the mapping (random + --cold gives an exact OS-level touch map)")
+    s.add_argument("--py-spy", action="store_true",
+                   help="also run the same workload under py-spy: speedscope JSON + flamegraph SVG in --out")
     _add_compute(s)
     s.set_defaults(fn=cmd_profile)
     s = sub.add_parser("bench", help="tokens/s per backend beside llama.cpp, interleaved, with medians")
@@ -293,6 +321,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_load_bench)
 
+    s = sub.add_parser("overhead", help="decode tokens/s with recording off, timing only, +faults, full touch maps")
+    s.add_argument("model")
+    s.add_argument("-n", type=_positive_int, default=16)
+    s.add_argument("--repeat", type=int, default=5)
+    s.add_argument("--weight-cache", default="f32", choices=("none", "f32"))
+    s.add_argument("--out", default=None)
+    s.set_defaults(fn=cmd_overhead)
+
+    s = sub.add_parser("diff", help="compare two saved profiles group by group")
+    s.add_argument("a")
+    s.add_argument("b")
+    s.add_argument("--by", default="op", choices=("op", "layer", "tensor", "phase", "backend"))
+    s.add_argument("--phase", default=None, choices=("prefill", "decode"))
+    s.set_defaults(fn=cmd_diff)
+
     s = sub.add_parser("load-trial", help="(internal) one load, as JSON")
     s.add_argument("model")
     s.add_argument("--strategy", choices=STRATEGIES, default="mmap")
@@ -306,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args.fn(args)
         return 0

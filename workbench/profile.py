@@ -96,6 +96,10 @@ class Profile:
     def table(self, by: str = "op", phase: str | None = None) -> list[dict]:
         return analysis.table(self.events, by, phase)
 
+    def diff(self, other: "Profile", by: str = "op", phase: str | None = None) -> list[dict]:
+        """This profile (A) beside `other` (B), group by group, with the ratio B/A per occurrence."""
+        return analysis.diff(self.events, other.events, by, phase)
+
     def touch(self) -> list[dict]:
         return analysis.logical_touch(self.events, self.tensors)
 

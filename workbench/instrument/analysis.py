@@ -135,3 +135,18 @@ def touch_layers(events: list[dict], tensors: dict[str, dict], samples: list[dic
             tot[k] += row.get(k, 0)
         out.append(row)
     return {"tensors": out, "total": tot, "page_size": page, "fault_around": faults_per_page or {}}
+
+
+def diff(a_events: list[dict], b_events: list[dict], by: str = "op", phase: str | None = None) -> list[dict]:
+    """Two profiles side by side, group by group: time per occurrence in each, ratio b/a."""
+    ta = {r[by]: r for r in table(a_events, by, phase)}
+    tb = {r[by]: r for r in table(b_events, by, phase)}
+    rows = []
+    for k in list(ta) + [k for k in tb if k not in ta]:
+        ra, rb = ta.get(k), tb.get(k)
+        per = lambda r: r["wall_ms"] / r["count"] if r else float("nan")
+        rows.append({by: k, "count_a": ra["count"] if ra else 0, "count_b": rb["count"] if rb else 0,
+                     "ms_each_a": per(ra), "ms_each_b": per(rb),
+                     "ratio_b_over_a": per(rb) / per(ra) if ra and rb and per(ra) else float("nan"),
+                     "weight_MB_a": ra["weight_MB"] if ra else 0.0, "weight_MB_b": rb["weight_MB"] if rb else 0.0})
+    return rows

@@ -53,16 +53,21 @@ class OpEvent:
         return d
 
 
+_ndarray = np.ndarray
+
+
 @dataclass
 class Recorder:
     faults: bool = True  # count page faults per op (two getrusage calls per op)
-    touch: bool = True  # keep the logical rows each op read
-    events: list[OpEvent] = field(default_factory=list)
+    touch: bool = True  # export the logical rows each op read (embedding rows are always counted)
     overhead_ns: int = 0  # the recorder's own bookkeeping time
     started_ns: int = 0
     marks: list[dict] = field(default_factory=list)  # free-form spans (tokens, phases)
     residency: Any = None  # a residency.Residency: sample mapped/cached pages per forward pass
     samples: list[dict] = field(default_factory=list)
+    ops: Any = None  # the Ops this recorder is attached to
+    _raw: list = field(default_factory=list)  # one tuple per op; turned into OpEvents on demand
+    _events: list = field(default_factory=list)
     _step: tuple = ()
 
     def __post_init__(self):
@@ -76,40 +81,56 @@ class Recorder:
         self.overhead_ns += time.perf_counter_ns() - t0
 
     def op(self, ops, name, be, fn, args, weight, rows, flops):
+        """Run one op and note it. The hot path only reads clocks and appends a tuple."""
+        t_enter = time.perf_counter_ns()
         if self.residency is not None and self._step != (ops.phase, ops.pos):
             self._step = (ops.phase, ops.pos)
             self.sample(ops.phase, ops.pos)
-        t_enter = time.perf_counter_ns()
-        ru0 = resource.getrusage(_RUSAGE_THREAD) if self.faults else None
-        c0 = time.thread_time_ns()
-        t0 = time.perf_counter_ns()
-        out = fn(*args)
-        t1 = time.perf_counter_ns()
-        c1 = time.thread_time_ns()
-        ru1 = resource.getrusage(_RUSAGE_THREAD) if self.faults else None
-        arrays = [a for a in args if hasattr(a, "shape") and not hasattr(a, "qtype")]
-        if weight is None:
-            wbytes = 0
-        elif rows is None:
-            wbytes = weight.nbytes
+        if self.faults:
+            ru0 = resource.getrusage(_RUSAGE_THREAD)
+            c0 = time.thread_time_ns()
+            t0 = time.perf_counter_ns()
+            out = fn(*args)
+            t1 = time.perf_counter_ns()
+            c1 = time.thread_time_ns()
+            ru1 = resource.getrusage(_RUSAGE_THREAD)
+            flt = (ru1.ru_minflt - ru0.ru_minflt, ru1.ru_majflt - ru0.ru_majflt)
         else:
-            rows = np.unique(rows)
-            wbytes = len(rows) * weight.row_bytes
-        shape = getattr(out, "shape", ())
-        self.events.append(OpEvent(
-            seq=len(self.events), op=name, layer=ops.layer, tensor=getattr(weight, "name", None), backend=be.name,
-            fallback=ops.fell_back(name, getattr(weight, "qtype", None), be), phase=ops.phase, pos=ops.pos,
-            n_tokens=int(arrays[0].shape[0]) if arrays and arrays[0].ndim else 1,
-            in_shapes=[list(a.shape) for a in arrays],
-            out_shape=list(shape), dtype=str(getattr(out, "dtype", "")),
-            start_ns=t0 - self.started_ns, wall_ns=t1 - t0, cpu_ns=c1 - c0,
-            weight_bytes=wbytes, flops=int(flops),
-            minflt=ru1.ru_minflt - ru0.ru_minflt if ru0 else -1,
-            majflt=ru1.ru_majflt - ru0.ru_majflt if ru0 else -1,
-            rows=rows if self.touch else None,
-        ))
+            c0 = time.thread_time_ns()
+            t0 = time.perf_counter_ns()
+            out = fn(*args)
+            t1 = time.perf_counter_ns()
+            c1 = time.thread_time_ns()
+            flt = (-1, -1)
+        self._raw.append((name, ops.layer, weight, be, ops.phase, ops.pos,
+                          [a.shape for a in args if a.__class__ is _ndarray], getattr(out, "shape", ()),
+                          getattr(out, "dtype", ""), t0, t1, c1 - c0, flt, rows, flops))
         self.overhead_ns += (time.perf_counter_ns() - t_enter) - (t1 - t0)
         return out
+
+    @property
+    def events(self) -> list[OpEvent]:
+        """The recorded ops as OpEvents (built from the raw tuples on first access after new ops)."""
+        start = len(self._events)
+        for i, (name, layer, w, be, phase, pos, in_shapes, out_shape, dtype, t0, t1, cpu, flt, rows, flops) in \
+                enumerate(self._raw[start:], start):
+            if w is None:
+                wbytes = 0
+            elif rows is None:
+                wbytes = w.nbytes
+            else:
+                rows = np.unique(rows)
+                wbytes = len(rows) * w.row_bytes
+            qt = getattr(w, "qtype", None)
+            self._events.append(OpEvent(
+                seq=i, op=name, layer=layer, tensor=getattr(w, "name", None), backend=be.name,
+                fallback=self.ops.fell_back(name, qt, be) if self.ops is not None else False,
+                phase=phase, pos=pos, n_tokens=int(in_shapes[0][0]) if in_shapes and in_shapes[0] else 1,
+                in_shapes=[list(s) for s in in_shapes], out_shape=list(out_shape), dtype=str(dtype),
+                start_ns=t0 - self.started_ns, wall_ns=t1 - t0, cpu_ns=cpu,
+                weight_bytes=wbytes, flops=int(flops), minflt=flt[0], majflt=flt[1],
+                rows=rows if self.touch else None))
+        return self._events
 
     @contextlib.contextmanager
     def span(self, name: str, **info):
@@ -136,7 +157,7 @@ def record(model, faults: bool = True, touch: bool = True, residency: bool = Fal
         from .residency import Residency
 
         res = Residency(model.gguf)
-    rec = Recorder(faults=faults, touch=touch, residency=res)
+    rec = Recorder(faults=faults, touch=touch, residency=res, ops=ops)
     ops.recorder = rec
     try:
         yield rec
