@@ -116,6 +116,7 @@ def touch_layers(events: list[dict], tensors: dict[str, dict], samples: list[dic
     n_pages = len(last["mapped"]) if last else 0
     out, tot = [], {"logical_bytes": 0, "logical_page_bytes": 0, "mapped_bytes": 0, "newly_mapped_bytes": 0,
                     "cached_bytes": 0, "nbytes": 0}
+    all_logical = np.zeros(n_pages, bool)  # union: neighbouring tensors can share a page
     for name, t in tensors.items():
         lo = logical[name]
         row = {"tensor": name, "type": t["type"], "nbytes": t["nbytes"], "logical_bytes": lo["touched_bytes"]}
@@ -126,6 +127,7 @@ def touch_layers(events: list[dict], tensors: dict[str, dict], samples: list[dic
                 lp = rows_to_pages(t["offset"], t["row_bytes"], None if rows is None else np.fromiter(rows, np.int64),
                                    t["rows"], n_pages)
                 row["logical_page_bytes"] = int(lp.sum()) * page
+                all_logical |= lp
             else:
                 row["logical_page_bytes"] = 0
             row["mapped_bytes"] = int(last["mapped"][sl].sum()) * page
@@ -134,6 +136,8 @@ def touch_layers(events: list[dict], tensors: dict[str, dict], samples: list[dic
         for k in tot:
             tot[k] += row.get(k, 0)
         out.append(row)
+    if last is not None:
+        tot["logical_page_bytes"] = int(all_logical.sum()) * page
     return {"tensors": out, "total": tot, "page_size": page, "fault_around": faults_per_page or {}}
 
 
