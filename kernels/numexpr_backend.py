@@ -74,6 +74,9 @@ class NumexprBackend(NumpyBackend):
 
     def __init__(self, weight_cache: str = "none", min_size: int = 8192, threads: int | None = None,
                  dequant: str = "numpy"):
+        """min_size: smaller arrays take the numpy code; threads: numexpr's thread count (one
+        pool per process, so this sets it process-wide; default: numexpr's own choice);
+        dequant: "numpy" or "numexpr" for the last dequantization step (see the module doc)."""
         super().__init__(weight_cache)
         if dequant not in ("numpy", "numexpr"):
             raise ValueError(f"dequant must be 'numpy' or 'numexpr', not {dequant!r}")

@@ -12,16 +12,20 @@ sizes from the device and kernel (powers of two where a kernel reduces).
   so kernels read the mapped pages and the page-fault/touch signal stays real; elsewhere the
   blocks are copied to the device once. Other types: `supports()` is False and ops.py falls
   back to numpy.
-- Activations: for now every op takes host arrays and returns host arrays (copy in, run,
-  copy out). `CLArray` inputs (device buffers) are accepted already, and `to_host` turns one
-  into numpy, so ops can later return device arrays and keep a forward on the device.
+- Activations: by default every op takes host arrays and returns host arrays (copy in, run,
+  copy out, wait). Host inputs are used in place where memory is shared, else copied.
+  `resident=True` (opt-in) keeps a forward on the device: ops return `CLArray`s, take them
+  as inputs, and nothing waits until `to_host` (Model.forward calls it on the logits). That
+  hides the per-op launch/copy/wait latency (~50-200 us an op on PoCL, ~400 ops a token).
+  It needs every op of the forward on this backend: ops.py hands fallbacks what it got.
 - KV cache: `new_kv_cache` allocates it on the device; attention writes k, v there and reads
-  it in place (attn_scores -> softmax -> attn_values).
-- Timing: the queue has PROFILING_ENABLE; every kernel and copy of an op is noted, and after
-  the op's final blocking read (all its commands complete: the queue is in order) its
-  times are appended to `self.kernel_events` as plain dicts
+  it in place (kv_store -> attn_scores -> softmax -> attn_values).
+- Timing: the queue has PROFILING_ENABLE; every kernel and copy is noted, and once a
+  blocking read has returned (all earlier commands are complete: the queue is in order)
+  their times are appended to `self.kernel_events` as plain dicts
   {kernel, queued_ns, submit_ns, start_ns, end_ns} (device clock). `drain_kernel_events()`
-  returns and clears them. `profile=False` skips reading them.
+  returns and clears them. Only while `profile` is true (the recorder turns it on while it
+  records, so a long run without a recorder keeps no timings).
 - Programs: each `<name>.cl` is compiled with `common.cl` prepended, once per context; the
   context and programs are shared by every backend on the same device (and pyopencl keeps
   the binaries in its on-disk cache).
@@ -49,6 +53,8 @@ WEIGHT_TYPES = {"F32": "f32", "F16": "f16", "Q4_0": "q4_0", "Q4_1": "q4_1", "Q5_
 ENV_DEVICE = "WORKBENCH_OPENCL_DEVICE"
 TOKEN_TILE = 8  # tokens per matmul work-group (NT in matmul.cl)
 MAX_LOCAL = 256  # largest work-group the host asks for
+MATMUL_LX = 8  # matmul work-items per row, at most (PoCL: 8 x 8 was fastest of 1..32 x 1..256)
+MATMUL_GROUP = 64  # matmul work-items per group, at most (rows fill the rest)
 SCORES_FLOATS = 1 << 24  # attention scores buffer limit (64 MiB); longer batches run in chunks
 F32 = np.float32
 
@@ -120,8 +126,9 @@ _CONTEXTS: dict[int, tuple] = {}  # device int_ptr -> (context, {program name: P
 
 
 def _source(name: str) -> str:
-    common = (KERNEL_DIR / f"{COMMON}.cl").read_text()
-    return f"{common}\n#line 1\n{(KERNEL_DIR / f'{name}.cl').read_text()}"
+    """common.cl + <name>.cl as one source; #line keeps compiler messages' file and line right."""
+    parts = [f'#line 1 "{f}.cl"\n' + (KERNEL_DIR / f"{f}.cl").read_text() for f in (COMMON, name)]
+    return "\n".join(parts)
 
 
 def _context_and_programs(cl, device) -> tuple:
@@ -147,12 +154,17 @@ def _context_and_programs(cl, device) -> tuple:
 
 # ---- device arrays -----------------------------------------------------------------------
 
-@dataclass
 class CLArray:
-    """A C-contiguous float32 array in a device buffer (activations that stay on the device)."""
+    """A C-contiguous float32 array in a device buffer: what ops return with `resident=True`,
+    so a forward's activations stay on the device. Enough of numpy's surface for the
+    forwards (shape, size, reshape, x[a:b] on the first axis); `np.asarray(x)` and
+    `backend.to_host(x)` copy it to the host (waiting for the queue)."""
 
-    buf: object
-    shape: tuple
+    __slots__ = ("buf", "shape", "backend")
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, buf, shape, backend):
+        self.buf, self.shape, self.backend = buf, tuple(int(s) for s in shape), backend
 
     @property
     def size(self) -> int:
@@ -161,6 +173,35 @@ class CLArray:
     @property
     def nbytes(self) -> int:
         return 4 * self.size
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"CLArray(shape={self.shape}, on {self.backend!r})"
+
+    def reshape(self, *shape) -> "CLArray":
+        shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        if -1 in shape:
+            known = int(np.prod([s for s in shape if s != -1]))
+            shape = tuple(self.size // known if s == -1 else s for s in shape)
+        if int(np.prod(shape)) != self.size:
+            raise ValueError(f"cannot reshape CLArray of shape {self.shape} into {shape}")
+        return CLArray(self.buf, shape, self.backend)
+
+    def __getitem__(self, key) -> "CLArray":
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("a CLArray takes only x[a:b] on its first axis; use np.asarray(x) for more")
+        a, b, _ = key.indices(self.shape[0])
+        return self.backend._rows(self, a, max(a, b))
+
+    def __array__(self, dtype=None, copy=None):
+        host = self.backend.to_host(self)
+        return host if dtype is None else host.astype(dtype)
 
 
 @dataclass
@@ -186,9 +227,14 @@ def _round_up(n: int, m: int) -> int:
 class OpenCLBackend(Backend):
     name = "opencl"
 
-    def __init__(self, device: int | str | None = None, weights: str = "auto", profile: bool = True):
+    def __init__(self, device: int | str | None = None, weights: str = "auto", profile: bool = False,
+                 resident: bool = False):
         """weights: "auto" (in place where the device shares host memory, else copied),
-        "host_ptr" (always CL_MEM_USE_HOST_PTR) or "copy" (always copied to the device)."""
+        "host_ptr" (always CL_MEM_USE_HOST_PTR) or "copy" (always copied to the device).
+        resident: ops return CLArrays and nothing waits for the queue until `to_host`; every
+        op of the forward must then run here (a numpy fallback gets CLArrays, which only
+        some numpy code accepts), and an op's wall time is its enqueue time: take device
+        times from `kernel_events`."""
         if weights not in ("auto", "host_ptr", "copy"):
             raise ValueError(f"weights must be 'auto', 'host_ptr' or 'copy', not {weights!r}")
         cl = self.cl = _cl()
@@ -204,16 +250,32 @@ class OpenCLBackend(Backend):
                                                                   self.device)))
             for name, k in self._kernels.items()}
         self.local_mem = self.device.local_mem_size
-        shared = bool(self.device.host_unified_memory) if _has_info(self.device, "host_unified_memory") else False
+        try:  # deprecated since OpenCL 2.0, still answered by PoCL and most 3.0 drivers
+            shared = bool(self.device.host_unified_memory)
+        except cl.Error:
+            shared = False
         self.weights_in_place = weights == "host_ptr" or (weights == "auto" and shared)
+        self.inputs_in_place = shared
         self.profile = profile
+        self.resident = resident
+        self.matmul_lx, self.matmul_group = MATMUL_LX, MATMUL_GROUP
         self.kernel_events: list[dict] = []
         self._weights: dict[int, tuple] = {}  # id(tensor) -> (tensor, Buffer)
-        self._pending: list = []  # (kernel name, event) of the op in flight
-        self._keep: list = []  # host arrays that non-blocking copies in flight read
+        self._pending: list = []  # (kernel name, event) of the commands not yet waited for
+        self._keep: list = []  # host arrays that commands in flight read
 
     def __repr__(self) -> str:
         return f"OpenCLBackend({self.device.platform.name.strip()}: {self.device.name.strip()})"
+
+    def describe(self) -> dict:
+        """The device and the choices made for it (for reports)."""
+        d = self.device
+        return {"platform": d.platform.name.strip(), "device": d.name.strip(), "version": d.version.strip(),
+                "driver": d.driver_version.strip(), "compute_units": d.max_compute_units,
+                "max_work_group_size": d.max_work_group_size, "local_mem_size": d.local_mem_size,
+                "weights_in_place": self.weights_in_place, "inputs_in_place": self.inputs_in_place,
+                "resident": self.resident, "token_tile": TOKEN_TILE,
+                "matmul_local": (self.matmul_lx, self.matmul_group)}
 
     def supports(self, op, qtype=None):
         if op not in OPS:
@@ -235,14 +297,19 @@ class OpenCLBackend(Backend):
         self._pending.append((kernel, ev))
 
     def _in(self, x, dtype=F32):
-        """A device buffer holding x (a CLArray's own buffer, or a fresh copy of a host array)."""
+        """A device buffer holding x: a CLArray's own buffer; for a host array, the array
+        itself where the device shares host memory (CL_MEM_USE_HOST_PTR: no copy command),
+        else a fresh copy."""
         if isinstance(x, CLArray):
             return x.buf
         x = np.ascontiguousarray(x, dtype=dtype)
+        self._keep.append(x)  # read by commands in flight: alive until the op completes
+        if self.inputs_in_place and x.nbytes:
+            mf = self.cl.mem_flags
+            return self.cl.Buffer(self.ctx, mf.READ_ONLY | mf.USE_HOST_PTR, hostbuf=x)
         buf = self.pool.allocate(max(x.nbytes, 4))
         ev = self.cl.enqueue_copy(self.queue, buf, x, is_blocking=False)
         self._pending.append(("copy_h2d", ev))
-        self._keep.append(x)
         return buf
 
     def _alloc(self, n_floats: int):
@@ -255,6 +322,19 @@ class OpenCLBackend(Backend):
         self._pending.append(("copy_d2h", ev))
         self._finish()
         return host
+
+    def _result(self, buf, shape):
+        """An op's result: a CLArray (resident) or a host copy."""
+        return CLArray(buf, shape, self) if self.resident else self._out(buf, shape)
+
+    def _rows(self, x: CLArray, a: int, b: int) -> CLArray:
+        """Rows a..b of x's first axis, as a new device array."""
+        row = x.size // x.shape[0] if x.shape[0] else 0
+        buf = self._alloc(max(1, (b - a) * row))
+        if b > a and row:
+            ev = self.cl.enqueue_copy(self.queue, buf, x.buf, byte_count=4 * (b - a) * row, src_offset=4 * a * row)
+            self._pending.append(("copy_d2d", ev))
+        return CLArray(buf, (b - a, *x.shape[1:]), self)
 
     def _finish(self) -> None:
         pending, self._pending, self._keep = self._pending, [], []
@@ -299,6 +379,7 @@ class OpenCLBackend(Backend):
         return sum(w.data.nbytes for w, _ in self._weights.values() if w.data is not None)
 
     def to_host(self, x):
+        """numpy for a CLArray (waits for the queue); anything else as it is."""
         if isinstance(x, CLArray):
             return self._out(x.buf, x.shape)
         return x
@@ -324,21 +405,30 @@ class OpenCLBackend(Backend):
         ls = self._local(kernel, min(units, 64))
         W, I, Y = self._weight(w), self._in(ids, np.int32), self._alloc(n * cols)
         self._launch(kernel, (units, n), (ls, 1), W, np.int32(w.row_bytes), np.int32(cols), I, Y)
-        return self._out(Y, (n, cols))
+        return self._result(Y, (n, cols))
 
     def matmul(self, x, w):
         n, k = x.shape
         if k != w.cols:
             raise ValueError(f"matmul: x has {k} columns, {getattr(w, 'name', 'w')} has {w.cols}")
-        kernel = "matmul_" + WEIGHT_TYPES[w.qtype.name]
-        ls = self._local(kernel, min((k + 31) // 32, 64))
-        while ls > 1 and 4 * TOKEN_TILE * ls > self.local_mem:
-            ls //= 2
+        tile = 1 if n == 1 else TOKEN_TILE
+        kernel = ("matvec_" if tile == 1 else "matmul_") + WEIGHT_TYPES[w.qtype.name]
+        lx, ly = self._matmul_local(kernel, (k + 31) // 32, w.rows, tile)
         W, X, Y = self._weight(w), self._in(x), self._alloc(n * w.rows)
-        self._launch(kernel, (w.rows * ls, -(-n // TOKEN_TILE)), (ls, 1), W, np.int32(w.row_bytes),
+        self._launch(kernel, (lx, w.rows, -(-n // tile)), (lx, ly, 1), W, np.int32(w.row_bytes),
                      np.int32(k), np.int32(w.rows), X, np.int32(n), Y,
-                     self.cl.LocalMemory(4 * TOKEN_TILE * ls))
-        return self._out(Y, (n, w.rows))
+                     self.cl.LocalMemory(4 * tile * lx * ly))
+        return self._result(Y, (n, w.rows))
+
+    def _matmul_local(self, kernel: str, units: int, rows: int, tile: int) -> tuple[int, int]:
+        """(LX work-items per row, LY rows) of a matmul work-group: LX covers the row's units
+        up to MATMUL_LX; LY fills the group up to MATMUL_GROUP work-items."""
+        limit = self._local_max[kernel]
+        lx = min(_pow2_ceil(units), self.matmul_lx, limit)
+        ly = max(1, min(self.matmul_group // lx, limit // lx, _pow2_ceil(rows)))
+        while ly > 1 and 4 * tile * lx * ly > self.local_mem:
+            ly //= 2
+        return lx, ly
 
     # ---- activations ----------------------------------------------------------------------
 
@@ -349,7 +439,7 @@ class OpenCLBackend(Backend):
         X, Wt, Y = self._in(x), self._in(weight), self._alloc(x.size)
         self._launch("rms_norm", (rows * ls,), (ls,), X, Wt, Y, np.int32(d), F32(eps),
                      self.cl.LocalMemory(4 * ls))
-        return self._out(Y, x.shape)
+        return self._result(Y, x.shape)
 
     def rope(self, x, pos, theta_base, mode, n_rot=None):
         if mode not in (ROPE_NORM, ROPE_NEOX):
@@ -365,7 +455,7 @@ class OpenCLBackend(Backend):
         X, CS, Y = self._in(x), self._in(cs), self._alloc(x.size)
         self._launch("rope", (hd, H, n), (ls, 1, 1), X, CS, Y, np.int32(H), np.int32(hd),
                      np.int32(n_rot), np.int32(mode == ROPE_NEOX))
-        return self._out(Y, x.shape)
+        return self._result(Y, x.shape)
 
     def _softmax_rows(self, X, Y, rows: int, m: int) -> None:
         ls = self._local("softmax", min(m, MAX_LOCAL))
@@ -375,7 +465,7 @@ class OpenCLBackend(Backend):
         m = x.shape[-1]
         X, Y = self._in(x), self._alloc(x.size)
         self._softmax_rows(X, Y, x.size // m, m)
-        return self._out(Y, x.shape)
+        return self._result(Y, x.shape)
 
     def _elementwise(self, kernel: str, inputs: list, scalars: tuple = ()) -> np.ndarray:
         shape = np.broadcast_shapes(*(a.shape for a in inputs))
@@ -385,7 +475,7 @@ class OpenCLBackend(Backend):
         Y = self._alloc(N)
         ls = self._local(kernel, MAX_LOCAL)
         self._launch(kernel, (N,), (ls,), *bufs, Y, np.int32(N), *scalars)
-        return self._out(Y, shape)
+        return self._result(Y, shape)
 
     def silu_mul(self, g, u):
         return self._elementwise("silu_mul", [g, u])
@@ -402,25 +492,21 @@ class OpenCLBackend(Backend):
     # ---- attention over a device-resident KV cache ----------------------------------------
 
     def new_kv_cache(self, n_layer, n_ctx, n_head_kv, head_dim):
+        """Device buffers, not cleared: attention reads only positions it has stored (oclgrind
+        --uninitialized checks exactly that; a clear would hide a violation, and oclgrind
+        21.10 mis-tracks kernel stores after a fill)."""
         nbytes = 4 * n_ctx * n_head_kv * head_dim
         mf = self.cl.mem_flags
-
-        def buf():
-            b = self.cl.Buffer(self.ctx, mf.READ_WRITE, nbytes)
-            self.cl.enqueue_fill_buffer(self.queue, b, np.zeros(1, F32), 0, nbytes)
-            return b
-
         try:
-            cache = CLKVCache([buf() for _ in range(n_layer)], [buf() for _ in range(n_layer)], n_ctx,
-                              n_head_kv, head_dim)
-            self.queue.finish()
+            bufs = [self.cl.Buffer(self.ctx, mf.READ_WRITE, nbytes) for _ in range(2 * n_layer)]
         except self.cl.Error as e:
             raise BackendError(f"cannot allocate a KV cache of 2 x {n_layer} x {nbytes} bytes on "
                                f"{self.device.name.strip()}: {e}") from e
-        return cache
+        return CLKVCache(bufs[:n_layer], bufs[n_layer:], n_ctx, n_head_kv, head_dim)
 
     def kv_to_host(self, cache, layer: int) -> tuple[np.ndarray, np.ndarray]:
-        """(k, v) of one layer as host arrays (n_ctx, n_head_kv, head_dim)."""
+        """(k, v) of one layer as host arrays (n_ctx, n_head_kv, head_dim); positions not yet
+        stored hold whatever the device memory held."""
         if not isinstance(cache, CLKVCache):
             return cache.k[layer], cache.v[layer]
         shape = (cache.n_ctx, cache.n_head_kv, cache.head_dim)
@@ -434,37 +520,24 @@ class OpenCLBackend(Backend):
             raise ValueError(f"attention: positions up to {T} exceed the cache's n_ctx {cache.n_ctx}")
         if isinstance(cache, CLKVCache):
             K, V = cache.k[layer], cache.v[layer]
-            at = 4 * pos * Hkv * hd
-            for dst, src in ((K, k), (V, v)):
-                src = np.ascontiguousarray(src, F32)
-                self._pending.append(("copy_h2d", self.cl.enqueue_copy(self.queue, dst, src, dst_offset=at,
-                                                                       is_blocking=False)))
-                self._keep.append(src)
+            N = n * Hkv * hd
+            self._launch("kv_store", (N,), (self._local("kv_store", MAX_LOCAL),), self._in(k), self._in(v), K, V,
+                         np.int32(pos * Hkv * hd), np.int32(N))
         else:  # a host cache (made by another backend): keep it current, upload what we read
-            cache.k[layer][pos:T] = k
-            cache.v[layer][pos:T] = v
-            K, V = self._in(cache.k[layer][:T]), self._in(cache.v[layer][:T])
-        out = np.empty((n, H * hd), F32)
-        chunk = max(1, SCORES_FLOATS // (H * T))
+            cache.k[layer][pos:T] = np.asarray(k)
+            cache.v[layer][pos:T] = np.asarray(v)
+            # copies: the next call writes the cache while a resident queue may still read
+            K, V = self._in(cache.k[layer][:T].copy()), self._in(cache.v[layer][:T].copy())
+        Q, O = self._in(q), self._alloc(n * H * hd)
         win = np.int32(-1 if window is None else window)
+        chunk = max(1, SCORES_FLOATS // (H * T))  # queries per scores buffer
         for i0 in range(0, n, chunk):
-            i1 = min(n, i0 + chunk)
-            m, p0 = i1 - i0, np.int32(pos + i0)
-            Q, S, O = self._in(q[i0:i1]), self._alloc(m * H * T), self._alloc(m * H * hd)
+            m, at = min(chunk, n - i0), np.int32(i0 * H * hd)
+            S = self._alloc(m * H * T)
+            common = (np.int32(H), np.int32(Hkv), np.int32(hd), np.int32(pos + i0), np.int32(T))
             ls = self._local("attn_scores", min(T, 64))
-            self._launch("attn_scores", (T, m * H), (ls, 1), Q, K, S, np.int32(H), np.int32(Hkv),
-                         np.int32(hd), p0, np.int32(T), F32(scale), win)
+            self._launch("attn_scores", (T, H, m), (ls, 1, 1), Q, at, K, S, *common, F32(scale), win)
             self._softmax_rows(S, S, m * H, T)
             ls = self._local("attn_values", min(hd, 64))
-            self._launch("attn_values", (hd, m * H), (ls, 1), S, V, O, np.int32(H), np.int32(Hkv),
-                         np.int32(hd), p0, np.int32(T), win)
-            out[i0:i1] = self._out(O, (m, H * hd))
-        return out
-
-
-def _has_info(device, attr: str) -> bool:
-    try:
-        getattr(device, attr)
-        return True
-    except Exception:
-        return False
+            self._launch("attn_values", (hd, H, m), (ls, 1, 1), S, V, O, at, *common, win)
+        return self._result(O, (n, H * hd))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import sys
 
@@ -27,14 +28,43 @@ class CLIError(Exception):
     pass
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (the usage is in --help), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(lo: int):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        return v
+
+    return parse
+
+
+_positive_int = _int_at_least(0)  # a count that may be 0 (-n)
+_at_least_one = _int_at_least(1)  # threads, repeats
+
+
+def _number(ok, what: str):
+    """A finite float with `ok(v)`; else a message saying it must be `what`."""
+
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        if not math.isfinite(v) or not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {s}")
+        return v
+
+    return parse
 
 
 def _token_ids(s: str) -> list[int]:
@@ -44,6 +74,8 @@ def _token_ids(s: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"token ids must be comma-separated integers, got {s!r}") from None
     if not ids:
         raise argparse.ArgumentTypeError("no token ids given")
+    if min(ids) < 0:
+        raise argparse.ArgumentTypeError(f"token ids must be >= 0, got {min(ids)}")
     return ids
 
 
@@ -83,18 +115,26 @@ def cmd_inspect(args):
               f"data at byte {g.data_offset}")
         for k, v in meta.items():
             s = json.dumps(v, ensure_ascii=False)
-            print(f"  {k} = {s[:100] + ('...' if len(s) > 100 else '')}")
+            print(f"  {_printable(k)} = {s[:100] + ('...' if len(s) > 100 else '')}")
         print(f"  {'name':36s} {'type':6s} {'shape':>16s} {'bytes':>12s} {'offset':>12s}")
         for t in tensors:
-            print(f"  {t['name']:36s} {t['type']:6s} {str(tuple(t['shape'])):>16s} {t['bytes']:12d} {t['offset']:12d}")
+            print(f"  {_printable(t['name']):36s} {t['type']:6s} {str(tuple(t['shape'])):>16s} {t['bytes']:12d} {t['offset']:12d}")
 
 
 def _jsonable(v):
     if isinstance(v, np.ndarray):
         return v.tolist() if v.size <= 64 else {"array": str(v.dtype), "len": int(v.size), "head": v[:8].tolist()}
     if isinstance(v, list) and len(v) > 64:
-        return {"array": "string", "len": len(v), "head": v[:8]}
+        return {"array": "string" if all(isinstance(x, str) for x in v[:8]) else "array", "len": len(v),
+                "head": [_jsonable(x) for x in v[:8]]}
+    if isinstance(v, list):  # strings, or arrays of arrays
+        return [_jsonable(x) for x in v]
     return v
+
+
+def _printable(s: str) -> str:
+    """A name from the file, escaped if it holds control characters (no terminal escapes)."""
+    return s if s.isprintable() else repr(s)
 
 
 def cmd_tokenize(args):
@@ -141,6 +181,8 @@ def cmd_generate(args):
 def cmd_logits(args):
     from .atomic import atomic_path
 
+    if os.path.isdir(args.out):
+        raise CLIError(f"--out {args.out} is a directory; give a file name, e.g. {os.path.join(args.out, 'logits.npy')}")
     m = _load(args)
     try:
         ids = args.token_ids if args.token_ids is not None else m.tokenizer.encode(args.prompt)
@@ -162,6 +204,8 @@ def cmd_profile(args):
     bad = layers - {"logical", "mapped", "cached"}
     if bad:
         raise CLIError(f"--touch takes logical, mapped, cached; not {sorted(bad)}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise CLIError(f"--out {args.out} exists and is not a directory")
     prof = run_profile(args.model, args.prompt, n=args.n, backend=args.backend, weight_cache=args.weight_cache,
                        device=args.device, out=args.out, chat=args.chat, touch="logical" in layers,
                        residency=bool(layers & {"mapped", "cached"}), cold=args.cold, madvise=args.madvise)
@@ -238,7 +282,7 @@ def _int_list(s: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="workbench", description="Research and profiling workbench for GGUF LLM inference.")
+    p = _Parser(prog="workbench", description="Research and profiling workbench for GGUF LLM inference.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -262,12 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("--prompt", required=True)
     s.add_argument("-n", type=_positive_int, default=32, help="tokens to generate")
-    s.add_argument("--temperature", type=float, default=0.0)
-    s.add_argument("--top-k", type=int, default=40)
-    s.add_argument("--top-p", type=float, default=0.95)
-    s.add_argument("--min-p", type=float, default=0.05)
-    s.add_argument("--repeat-penalty", type=float, default=1.0)
-    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--temperature", type=_number(lambda v: v >= 0, ">= 0"), default=0.0)
+    s.add_argument("--top-k", type=_positive_int, default=40, help="0 = off")
+    s.add_argument("--top-p", type=_number(lambda v: 0 < v <= 1, "in (0, 1]"), default=0.95)
+    s.add_argument("--min-p", type=_number(lambda v: 0 <= v < 1, "in [0, 1)"), default=0.05)
+    s.add_argument("--repeat-penalty", type=_number(lambda v: v > 0, "> 0"), default=1.0)
+    s.add_argument("--seed", type=_positive_int, default=None)
     s.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     s.add_argument("--json", action="store_true")
     _add_compute(s)
@@ -302,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backends", default="numpy", help="comma-separated backends (default numpy)")
     s.add_argument("--weight-cache", default="f32", choices=("none", "f32"), help="numpy's weight mode (default f32)")
     s.add_argument("--peer", default="llama.cpp", choices=("llama.cpp", "none"))
-    s.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    s.add_argument("--repeat", type=int, default=3)
+    s.add_argument("--threads", type=_at_least_one, default=os.cpu_count() or 2)
+    s.add_argument("--repeat", type=_at_least_one, default=3)
     s.add_argument("--pp", type=_int_list, default=[64, 256], help="prompt sizes (default 64,256)")
     s.add_argument("--tg", type=_int_list, default=[32, 128], help="generation lengths (default 32,128)")
     s.add_argument("--out", default=None, help="write the JSON report here")
@@ -317,14 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=_int_list, default=[1, 2], help="worker counts for parallel loading (default 1,2)")
     s.add_argument("--cold", action="store_true", help="cold runs (file evicted from the page cache)")
     s.add_argument("--warm", action="store_true", help="warm runs (default: both cold and warm)")
-    s.add_argument("--repeat", type=int, default=1)
+    s.add_argument("--repeat", type=_at_least_one, default=1)
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_load_bench)
 
     s = sub.add_parser("overhead", help="decode tokens/s with recording off, timing only, +faults, full touch maps")
     s.add_argument("model")
     s.add_argument("-n", type=_positive_int, default=16)
-    s.add_argument("--repeat", type=int, default=5)
+    s.add_argument("--repeat", type=_at_least_one, default=5)
     s.add_argument("--weight-cache", default="f32", choices=("none", "f32"))
     s.add_argument("--out", default=None)
     s.set_defaults(fn=cmd_overhead)
@@ -339,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("load-trial", help="(internal) one load, as JSON")
     s.add_argument("model")
     s.add_argument("--strategy", choices=STRATEGIES, default="mmap")
-    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--threads", type=_at_least_one, default=1)
     s.add_argument("--cold", action="store_true")
     s.add_argument("--weight-cache", default="none", choices=("none", "f32"))
     s.set_defaults(fn=cmd_load_trial)
@@ -361,7 +405,8 @@ def main(argv=None) -> int:
     except Exception as e:  # one line, no traceback, unless --debug
         if args.debug:
             raise
-        print(f"workbench: error: {e}", file=sys.stderr)
+        msg = str(e).strip().replace("\r", " ").replace("\n", " ") or type(e).__name__
+        print(f"workbench: error: {msg}", file=sys.stderr)
         return 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,10 +57,20 @@ class Config:
 
     @classmethod
     def from_gguf(cls, g: GGUFFile) -> "Config":
-        arch = g.architecture
+        """The config from the file's metadata; a missing, mistyped or inconsistent value is a
+        GGUFError naming the key (and the byte where its entry starts)."""
+
+        def fail(key: str, problem: str):
+            raise GGUFError(g.path, f"metadata {key!r}", g.key_offsets.get(key, 0), problem)
+
+        arch = g.metadata.get("general.architecture")
+        if arch is None or arch == "":
+            fail("general.architecture", "is missing: the file does not say which model architecture it holds")
+        if not isinstance(arch, str):
+            fail("general.architecture", f"must be a string, found {arch!r}")
         if arch not in ROPE_MODES:
-            raise GGUFError(g.path, "metadata 'general.architecture'", 0,
-                            f"architecture {arch!r} has no rope layout here (known: {', '.join(sorted(ROPE_MODES))})")
+            fail("general.architecture", f"architecture {arch!r} is not supported "
+                                         f"(known here: {', '.join(sorted(ROPE_MODES))})")
 
         def get(key, default=None, required=True):
             full = f"{arch}.{key}"
@@ -67,35 +78,64 @@ class Config:
                 v = g.metadata[full]
                 return v.item() if hasattr(v, "item") and getattr(v, "ndim", 1) == 0 else v
             if required and default is None:
-                raise GGUFError(g.path, f"metadata {full!r}", 0, "required key is missing")
+                fail(full, "required key is missing")
             return default
 
-        n_embd = int(get("embedding_length"))
-        n_head = int(get("attention.head_count"))
-        head_dim = int(get("attention.key_length", n_embd // n_head))
+        def get_int(key, default=None, required=True, minimum=1):
+            v = get(key, default, required)
+            if v is None:
+                return None
+            if not isinstance(v, int) or isinstance(v, bool):
+                fail(f"{arch}.{key}", f"must be an integer, found {v!r}")
+            if v < minimum:
+                fail(f"{arch}.{key}", f"must be >= {minimum}, found {v}")
+            return v
+
+        def get_float(key, default=None, required=True, positive=True):
+            v = get(key, default, required)
+            if v is None:
+                return None
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                fail(f"{arch}.{key}", f"must be a finite number, found {v!r}")
+            if positive and v <= 0:
+                fail(f"{arch}.{key}", f"must be > 0, found {v}")
+            return float(v)
+
+        n_embd = get_int("embedding_length")
+        n_head = get_int("attention.head_count")
+        if f"{arch}.attention.key_length" not in g.metadata and n_embd % n_head:
+            fail(f"{arch}.attention.head_count", f"{n_head} heads do not divide embedding_length {n_embd}")
+        n_head_kv = get_int("attention.head_count_kv", n_head)
+        if n_head % n_head_kv:
+            fail(f"{arch}.attention.head_count_kv", f"{n_head_kv} does not divide the {n_head} query heads")
+        head_dim = get_int("attention.key_length", n_embd // n_head)
+        rope_dim = get_int("rope.dimension_count", head_dim, minimum=2)
+        if rope_dim > head_dim or rope_dim % 2:
+            fail(f"{arch}.rope.dimension_count", f"must be even and at most the head size {head_dim}, found {rope_dim}")
         emb = g.tensors.get("token_embd.weight")
-        n_vocab = int(get("vocab_size", emb.rows if emb is not None else len(g.get("tokenizer.ggml.tokens", []))))
+        n_vocab = get_int("vocab_size", emb.rows if emb is not None else len(g.get("tokenizer.ggml.tokens", [])))
         extra = {k[len(arch) + 1:]: v for k, v in g.metadata.items() if k.startswith(arch + ".")}
         d = ARCH_DEFAULTS.get(arch, {})
-        window = get("attention.sliding_window", required=False)
+        window = get_int("attention.sliding_window", required=False, minimum=0)
         return cls(
             arch=arch,
-            n_layer=int(get("block_count")),
+            n_layer=get_int("block_count"),
             n_embd=n_embd,
             n_head=n_head,
-            n_head_kv=int(get("attention.head_count_kv", n_head)),
+            n_head_kv=n_head_kv,
             head_dim=head_dim,
-            n_ff=int(get("feed_forward_length")),
+            n_ff=get_int("feed_forward_length"),
             n_vocab=n_vocab,
-            n_ctx_train=int(get("context_length")),
-            rms_eps=float(get("attention.layer_norm_rms_epsilon")),
-            rope_base=float(get("rope.freq_base", 10000.0)),
-            rope_dim=int(get("rope.dimension_count", head_dim)),
+            n_ctx_train=get_int("context_length"),
+            rms_eps=get_float("attention.layer_norm_rms_epsilon"),
+            rope_base=get_float("rope.freq_base", 10000.0),
+            rope_dim=rope_dim,
             rope_mode=ROPE_MODES[arch],
             attn_scale=1.0 / float(head_dim) ** 0.5,
-            sliding_window=int(window) if window else None,
-            swa_pattern=int(get("attention.sliding_window_pattern", d.get("swa_pattern", 0), required=False)),
-            rope_base_swa=float(get("rope.freq_base_swa", d.get("rope_base_swa", 0.0), required=False)) or None,
+            sliding_window=window or None,
+            swa_pattern=get_int("attention.sliding_window_pattern", d.get("swa_pattern", 0), required=False, minimum=0),
+            rope_base_swa=get_float("rope.freq_base_swa", d.get("rope_base_swa", 0.0), required=False,
+                                    positive=False) or None,
             embed_scale=float(n_embd) ** 0.5 if d.get("embed_scale") == "sqrt_n_embd" else 1.0,
             extra=extra,
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,9 +109,9 @@ class _Cursor:
         except UnicodeDecodeError as e:
             self.fail(field, f"string is not valid UTF-8 ({e.reason} at byte {e.start} of it)", start)
 
-    def value(self, vtype: int, field: str, depth: int = 0) -> Any:
+    def value(self, vtype: int, field: str, depth: int = 0, type_at: int | None = None) -> Any:
         if vtype not in VALUE_TYPES:
-            self.fail(field, f"unknown value type {vtype} (known: 0..12)")
+            self.fail(field + " type", f"unknown value type {vtype} (known: 0..12)", type_at)
         if vtype == STRING:
             return self.string(field)
         if vtype == ARRAY:
@@ -122,46 +123,57 @@ class _Cursor:
         etype = self.u32(field + " element type")
         count = self.u64(field + " count")
         if etype not in VALUE_TYPES:
-            self.fail(field, f"unknown array element type {etype} (known: 0..12)", start)
+            self.fail(field + " element type", f"unknown array element type {etype} (known: 0..12)", start)
         if depth > 0 and etype == ARRAY:
-            self.fail(field, "arrays nested more than two deep are not supported", start)
+            self.fail(field + " element type", "arrays nested more than two deep are not supported", start)
         remaining = self.end - self.pos
         if etype in _NUMPY_DTYPES:
             dt = _NUMPY_DTYPES[etype]
             if count * dt.itemsize > remaining:
-                self.fail(field, f"array of {count} x {dt.itemsize} bytes runs past the end of the file", start)
+                self.fail(field + " count", f"array of {count} x {dt.itemsize} bytes runs past the end of the file "
+                          f"({remaining} bytes remain)", start + 4)
             arr = np.frombuffer(self.buf, dtype=dt, count=count, offset=self.pos).copy()
             self.pos += count * dt.itemsize
             return arr
-        # strings and nested arrays: each element takes at least 8 bytes (its length)
-        if count * 8 > remaining:
-            self.fail(field, f"array of {count} strings or arrays cannot fit in the {remaining} bytes that remain", start)
+        # a string takes at least 8 bytes (its length), a nested array at least 12 (type, count)
+        least = 8 if etype == STRING else 12
+        if count * least > remaining:
+            self.fail(field + " count", f"array of {count} {VALUE_TYPES[etype][0]}s cannot fit in the {remaining} "
+                      "bytes that remain", start + 4)
         if etype == STRING:
             return self.string_array(count, field)
         return [self.array(f"{field}[{i}]", depth + 1) for i in range(count)]
 
     def string_array(self, count: int, field: str) -> list[str]:
-        """Bulk read of `count` strings (vocabularies have ~10^5 of them)."""
+        """Bulk read of `count` strings (vocabularies have ~10^5 of them). Invalid UTF-8 is
+        kept with replacement characters, as llama.cpp keeps such tokens as raw bytes."""
         buf, pos, end = self.buf, self.pos, self.end
         unpack = struct.Struct("<Q").unpack_from
         out = [None] * count
         for i in range(count):
             if pos + 8 > end:
                 self.pos = pos
-                self.fail(f"{field}[{i}] length", "runs past the end of the file")
+                self.fail(f"{field}[{i}] length", f"needs 8 bytes but only {end - pos} remain")
             (n,) = unpack(buf, pos)
             pos += 8
             if n > end - pos:
                 self.pos = pos - 8
-                self.fail(f"{field}[{i}]", f"string length {n} runs past the end of the file")
-            out[i] = buf[pos : pos + n]
+                self.fail(f"{field}[{i}] length", f"string length {n} runs past the end of the file "
+                          f"({end - pos} bytes remain)")
+            out[i] = str(buf[pos : pos + n], "utf-8", "replace")
             pos += n
         self.pos = pos
-        try:
-            return [bytes(b).decode("utf-8") for b in out]
-        except UnicodeDecodeError:
-            # llama.cpp keeps such tokens as raw bytes; so do we, with replacement
-            return [bytes(b).decode("utf-8", errors="replace") for b in out]
+        return out
+
+
+def _name(s: str, limit: int = 80) -> str:
+    """A key or tensor name for an error message: quoted, escaped, and cut if long."""
+    r = repr(s)
+    return r if len(r) <= limit else r[: limit - 5] + "...'" + f" ({len(s)} chars)"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass
@@ -176,8 +188,11 @@ class GGUFFile:
     data_offset: int
     file_size: int
     mtime_ns: int
+    key_offsets: dict[str, int] = field(default_factory=dict, repr=False)  # metadata key -> its entry's byte
+    info_offsets: dict[str, int] = field(default_factory=dict, repr=False)  # tensor name -> its info's byte
     _mm: mmap.mmap | None = field(default=None, repr=False)
     _fd: int | None = field(default=None, repr=False)
+    _closed: bool = field(default=False, repr=False)
 
     @property
     def mapping(self) -> mmap.mmap:
@@ -193,18 +208,28 @@ class GGUFFile:
         return self.metadata.get(key, default)
 
     def check_unchanged(self) -> None:
-        """Refuse to go on if the file was truncated or rewritten under the mapping
-        (touching a page past a new end of file would kill the process with SIGBUS)."""
-        st = os.stat(self.path)
+        """Refuse to go on if the mapped file was truncated or rewritten in place (touching a
+        page past a new end of file would kill the process with SIGBUS). A no-op when the data
+        is not mapped (parsed from memory). Only narrows the window: a file truncated after
+        this check and before the pages are read can still raise SIGBUS."""
+        if self._mm is None:
+            if self._closed:
+                raise ValueError(f"{self.path}: the file is closed")
+            return
+        try:
+            st = os.fstat(self._fd) if self._fd is not None else os.stat(self.path)
+        except OSError as e:
+            raise GGUFError(self.path, "file", 0, f"cannot be checked any more ({e.strerror})") from None
         if st.st_size != self.file_size or st.st_mtime_ns != self.mtime_ns:
-            raise GGUFError(self.path, "file", 0,
-                            f"changed on disk since it was opened (size {self.file_size} -> {st.st_size}); reopen it")
+            how = f"size {self.file_size} -> {st.st_size}" if st.st_size != self.file_size else "rewritten"
+            raise GGUFError(self.path, "file", 0, f"changed on disk since it was opened ({how}); reopen it")
 
     def close(self) -> None:
         # numpy views into the mapping keep it alive; drop ours and let GC unmap
         for t in self.tensors.values():
             t.data = None
         self._mm = None
+        self._closed = True
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -220,9 +245,12 @@ def open_gguf(path: str | os.PathLike, advice: int | None = None) -> GGUFFile:
     """Map a GGUF file and read its header, metadata and tensor table.
     `advice` (an mmap.MADV_* value) is applied to the mapping before anything is read."""
     path = os.fspath(path)
-    fd = os.open(path, os.O_RDONLY)
+    # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise GGUFError(path, "file", 0, "not a regular file")
         if st.st_size == 0:
             raise GGUFError(path, "magic", 0, "the file is empty")
         mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
@@ -238,7 +266,9 @@ def open_gguf(path: str | os.PathLike, advice: int | None = None) -> GGUFFile:
 
 
 def parse(buf, path: str = "<buffer>") -> GGUFFile:
-    """Parse a GGUF image held in `buf` (mmap, bytes, or anything with the buffer protocol)."""
+    """Parse a GGUF image held in `buf` (mmap, bytes, or anything with the buffer protocol).
+
+    Every error is a GGUFError whose offset is where the offending field starts."""
     c = _Cursor(buf, path)
     c.need(4, "magic")
     magic = bytes(buf[0:4])
@@ -247,75 +277,88 @@ def parse(buf, path: str = "<buffer>") -> GGUFFile:
     c.pos = 4
     version = c.u32("version")
     if version not in VERSIONS:
-        c.fail("version", f"unsupported GGUF version {version} (supported: {', '.join(map(str, VERSIONS))})", 4)
+        hint = " (a big-endian file?)" if version & 0xFFFF == 0 and version >> 24 in VERSIONS else ""
+        c.fail("version", f"unsupported GGUF version {version}{hint} (supported: {', '.join(map(str, VERSIONS))})", 4)
     n_tensors = c.u64("tensor count")
     n_kv = c.u64("metadata count")
-    # each key/value needs >= 8 (key length) + 4 (type) bytes; each tensor info >= 8 + 4 + 4 + 8
-    if n_kv * 12 > c.end - c.pos:
+    # each key/value needs >= 8 (key length) + 4 (type) + 1 bytes; each tensor info >= 8 + 4 + 8 + 4 + 8
+    if n_kv * 13 > c.end - c.pos:
         c.fail("metadata count", f"{n_kv} entries cannot fit in a {c.end}-byte file", 16)
-    if n_tensors * 24 > c.end - c.pos:
+    if n_tensors * 32 > c.end - c.pos:
         c.fail("tensor count", f"{n_tensors} tensors cannot fit in a {c.end}-byte file", 8)
 
     metadata: dict[str, Any] = {}
+    value_at: dict[str, int] = {}
     for i in range(n_kv):
         at = c.pos
         key = c.string(f"metadata[{i}] key")
-        vtype = c.u32(f"metadata {key!r} type")
         if key in metadata:
-            c.fail(f"metadata {key!r}", "duplicate key", at)
-        metadata[key] = c.value(vtype, f"metadata {key!r}")
+            c.fail(f"metadata {_name(key)}", f"duplicate key (first at byte {value_at[key]})", at)
+        type_at = c.pos
+        vtype = c.u32(f"metadata {_name(key)} type")
+        value_at[key] = at
+        metadata[key] = c.value(vtype, f"metadata {_name(key)}", type_at=type_at)
 
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        c.fail("metadata 'general.alignment'", f"must be a positive power of two, found {alignment!r}", 0)
+    if not _is_int(alignment) or alignment <= 0 or alignment & (alignment - 1):
+        c.fail("metadata 'general.alignment'", f"must be a positive power of two (an integer), found {alignment!r}",
+               value_at.get("general.alignment", 0))
 
     infos = []
     for i in range(n_tensors):
         at = c.pos
         name = c.string(f"tensor[{i}] name")
-        n_dims = c.u32(f"tensor {name!r} n_dims")
+        label = f"tensor {_name(name)}"
+        dims_at = c.pos
+        n_dims = c.u32(f"{label} n_dims")
         if not 1 <= n_dims <= MAX_DIMS:
-            c.fail(f"tensor {name!r} n_dims", f"{n_dims} dimensions (expected 1..{MAX_DIMS})")
-        dims = tuple(c.u64(f"tensor {name!r} dims") for _ in range(n_dims))
+            c.fail(f"{label} n_dims", f"{n_dims} dimensions (expected 1..{MAX_DIMS})", dims_at)
+        dims = tuple(c.u64(f"{label} dims") for _ in range(n_dims))
         type_at = c.pos
-        type_id = c.u32(f"tensor {name!r} type")
-        offset = c.u64(f"tensor {name!r} offset")
-        infos.append((at, name, dims, type_id, type_at, offset))
+        type_id = c.u32(f"{label} type")
+        offset = c.u64(f"{label} offset")
+        infos.append((at, name, dims_at, dims, type_id, type_at, offset))
 
     data_offset = -(-c.pos // alignment) * alignment
     tensors: dict[str, QTensor] = {}
-    for at, name, dims, type_id, type_at, offset in infos:
+    offset_at: dict[str, int] = {}
+    first_at: dict[str, int] = {}
+    for at, name, dims_at, dims, type_id, type_at, offset in infos:
+        label = f"tensor {_name(name)}"
         if name in tensors:
-            c.fail(f"tensor {name!r}", "duplicate tensor name", at)
+            c.fail(label, f"duplicate tensor name (first at byte {first_at[name]})", at)
         if type_id not in QTYPES:
-            c.fail(f"tensor {name!r} type", f"unknown GGML type {type_id}", type_at)
+            c.fail(f"{label} type", f"unknown GGML type {type_id}", type_at)
         q = QTYPES[type_id]
         n = 1
         for d in dims:
             if d == 0 or d >= 1 << 62:
-                c.fail(f"tensor {name!r} dims", f"dimension {d} out of range in {dims}", at)
+                c.fail(f"{label} dims", f"dimension {d} out of range in {dims}", dims_at + 4)
             n *= d
             if n >= 1 << 62:
-                c.fail(f"tensor {name!r} dims", f"{dims} has too many elements", at)
+                c.fail(f"{label} dims", f"{dims} has too many elements", dims_at + 4)
         if dims[0] % q.block_size:
-            c.fail(f"tensor {name!r} dims",
-                   f"first dimension {dims[0]} is not a multiple of {q.name}'s block size {q.block_size}", at)
+            c.fail(f"{label} dims",
+                   f"first dimension {dims[0]} is not a multiple of {q.name}'s block size {q.block_size}", dims_at + 4)
         if offset % alignment:
-            c.fail(f"tensor {name!r} offset", f"offset {offset} is not a multiple of the alignment {alignment}", type_at + 4)
+            c.fail(f"{label} offset", f"offset {offset} is not a multiple of the alignment {alignment}", type_at + 4)
         nbytes = n // q.block_size * q.type_size
         start = data_offset + offset
         if start + nbytes > c.end:
-            c.fail(f"tensor {name!r} offset",
+            c.fail(f"{label} offset",
                    f"data [{start}, {start + nbytes}) runs past the end of the {c.end}-byte file", type_at + 4)
+        offset_at[name], first_at[name] = type_at + 4, at
         tensors[name] = QTensor.view_of(buf, name, q, dims, start, nbytes)
 
-    _check_overlaps(c, tensors)
+    _check_overlaps(c, tensors, offset_at)
     return GGUFFile(path=path, version=version, metadata=metadata, tensors=tensors, alignment=alignment,
-                    data_offset=data_offset, file_size=c.end, mtime_ns=0)
+                    data_offset=data_offset, file_size=c.end, mtime_ns=0, key_offsets=value_at, info_offsets=first_at)
 
 
-def _check_overlaps(c: _Cursor, tensors: dict[str, QTensor]) -> None:
-    spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in tensors.values())
-    for (s0, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
+def _check_overlaps(c: _Cursor, tensors: dict[str, QTensor], offset_at: dict[str, int]) -> None:
+    # by start, then table order: of two tensors at the same place the later entry is blamed
+    spans = sorted((t.offset, i, t.offset + t.nbytes, t.name) for i, t in enumerate(tensors.values()))
+    for (s0, _, e0, n0), (s1, _, e1, n1) in zip(spans, spans[1:]):
         if s1 < e0:
-            c.fail(f"tensor {n1!r} offset", f"data [{s1}, {e1}) overlaps tensor {n0!r} [{s0}, {e0})", 0)
+            c.fail(f"tensor {_name(n1)} offset", f"data [{s1}, {e1}) overlaps tensor {_name(n0)} [{s0}, {e0})",
+                   offset_at[n1])

@@ -60,6 +60,8 @@ class LoadReport:
     tensors: list[dict] = field(default_factory=list)  # name, start, end (s), bytes, minflt, majflt, thread
     samples: list[dict] = field(default_factory=list)  # t (s), cached_bytes, mapped_bytes, rss anon/file
     faults: dict = field(default_factory=dict)
+    then_seconds: float | None = None  # the follow-up (model build + first token) after the load
+    faults_after_load: dict = field(default_factory=dict)  # faults during that follow-up
     weight_cache: dict = field(default_factory=dict)  # mode, seconds, bytes (the f32 cache's cost)
 
     def to_dict(self) -> dict:
@@ -125,7 +127,10 @@ def _touch_pages(t) -> None:
 
 
 def load_file(path: str | os.PathLike, strategy: str = "mmap", threads: int = 1, cold: bool = False,
-              sample: bool = True) -> tuple[GGUFFile, LoadReport]:
+              sample: bool = True, then=None) -> tuple[GGUFFile, LoadReport]:
+    """Load with `strategy`; `then(g)`, if given, runs after the load while residency and RSS
+    are still sampled (e.g. build the model and compute the first token: with mmap, that
+    is when the pages fault in), and its duration is reported as `then_seconds`."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown load strategy {strategy!r}; strategies: {', '.join(STRATEGIES)}")
     if threads < 1:
@@ -153,6 +158,13 @@ def load_file(path: str | os.PathLike, strategy: str = "mmap", threads: int = 1,
     rep.seconds = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     rep.faults = {"minor": r1.ru_minflt - r0.ru_minflt, "major": r1.ru_majflt - r0.ru_majflt}
+    if then is not None:
+        try:
+            then(g)
+        finally:
+            rep.then_seconds = time.perf_counter() - t0 - rep.seconds
+            r2 = resource.getrusage(resource.RUSAGE_SELF)
+            rep.faults_after_load = {"minor": r2.ru_minflt - r1.ru_minflt, "major": r2.ru_majflt - r1.ru_majflt}
     if sampler:
         sampler.stop()
         rep.samples = sampler.out
@@ -174,27 +186,20 @@ def _open_with_flags(path: str, flags: int) -> GGUFFile:
 
 
 def _load_read(path: str, size: int, threads: int, rep: LoadReport, t0: float) -> GGUFFile:
-    """Copy the file into anonymous memory: the header first, then tensor ranges in parallel."""
+    """Copy the file into anonymous memory: learn the layout from the header (parsed on a
+    short-lived mapping), then read the header and every tensor range, in parallel."""
+    with open_gguf(path) as layout:
+        data_offset = layout.data_offset
     buf = np.empty(size, np.uint8)
     fd = os.open(path, os.O_RDONLY)
     try:
-        head = os.pread(fd, min(size, 1 << 20), 0)
-        buf[: len(head)] = np.frombuffer(head, np.uint8)
-        try:
-            g = parse(buf, path)
-        except Exception:
-            _pread_into(fd, buf, 0, size)  # header larger than 1 MiB: read everything first
-            g = parse(buf, path)
-
-        def work(t):
-            _pread_into(fd, buf, t.offset, t.nbytes)
-
-        _pread_into(fd, buf, 0, g.data_offset)
-        rep.tensors = _timed_tensor_pass(g, threads, work, t0)
+        _pread_into(fd, buf, 0, data_offset)
+        g = parse(buf, path)  # views of buf; tensor data arrives below
+        rep.tensors = _timed_tensor_pass(g, threads, lambda t: _pread_into(fd, buf, t.offset, t.nbytes), t0)
+        st = os.fstat(fd)
     finally:
         os.close(fd)
-    g = parse(buf, path)  # views of the now complete buffer
-    g.file_size = size
+    g.file_size, g.mtime_ns = st.st_size, st.st_mtime_ns
     return g
 
 
@@ -212,16 +217,21 @@ def trial(model: str, strategy: str, threads: int, cold: bool, weight_cache: str
     """One load in this process: load, build the model, one token; the report as a dict."""
     from .models import resolve
 
-    path = str(resolve(model))
-    t0 = time.perf_counter()
-    g, rep = load_file(path, strategy, threads, cold)
     from .model import load
 
-    m = load(g, weight_cache=weight_cache)
+    path = str(resolve(model))
+    built = {}
+
+    def first_token(g):
+        m = built["model"] = load(g, weight_cache=weight_cache)
+        m.forward(m.new_state(4), [1])
+
+    t0 = time.perf_counter()
+    g, rep = load_file(path, strategy, threads, cold, then=first_token)
+    rep.first_token_seconds = time.perf_counter() - t0
+    m = built["model"]
     rep.weight_cache = {"mode": weight_cache, "seconds": m.load_seconds.get("backend_prepare", 0.0),
                         "bytes": getattr(m.ops.backend, "cache_bytes", 0)}
-    m.forward(m.new_state(4), [1])
-    rep.first_token_seconds = time.perf_counter() - t0
     d = rep.to_dict()
     d["rss_after_first_token"] = rss()
     m.close()

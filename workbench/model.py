@@ -24,7 +24,7 @@ from .gguf import GGUFError, GGUFFile, open_gguf
 from .models import resolve
 from .ops import Ops
 from .tokenizer import Tokenizer
-from .weights import Weights, build_weights
+from .weights import Weights, build_weights, check_shapes
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,7 @@ class Model:
     def forward(self, state: RunState, tokens, all_logits: bool = False, phase: str | None = None) -> np.ndarray:
         """Feed `tokens` at the state's position; returns float32 logits (1 or n, n_vocab).
         `phase` ("prefill" / "decode", default by batch size) labels the recorded events."""
+        self.gguf.check_unchanged()  # a file truncated under the mapping: a clear error, not SIGBUS
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         if len(tokens) == 0:
             raise ValueError("no tokens to run")
@@ -117,6 +118,7 @@ def load(model: str | os.PathLike | GGUFFile, backend: str | Backend = "numpy", 
             raise GGUFError(path, "metadata 'general.architecture'", 0,
                             f"architecture {cfg.arch!r} is not supported (supported: {', '.join(sorted(ARCHITECTURES))})")
         weights = build_weights(g, cfg.n_layer, list(arch.block_tensors), arch.optional_tensors)
+        check_shapes(g, cfg, weights)
         tok = Tokenizer.from_metadata(g.metadata)
         t2 = time.perf_counter()
         be = make_backend(backend, weight_cache=weight_cache, device=device)

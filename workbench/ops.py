@@ -32,6 +32,8 @@ class Ops:
         self.phase: str = "prefill"
         self.pos: int = 0
         self._routes: dict = {}
+        # a backend whose ops return device arrays; any other backend gets host copies
+        self._resident = next((b for b in self.backends if getattr(b, "resident", False)), None)
 
     @property
     def backends(self) -> list[Backend]:
@@ -67,6 +69,8 @@ class Ops:
     # ---- the ops the forward calls ----------------------------------------------------
 
     def _run(self, op, be, fn, args, weight=None, rows=None, flops=0):
+        if self._resident and be is not self._resident:
+            args = tuple(self._resident.to_host(a) for a in args)  # device arrays -> numpy
         if self.recorder is None:
             return fn(*args)
         return self.recorder.op(self, op, be, fn, args, weight, rows, flops)

@@ -158,12 +158,17 @@ class Profile:
         lines += ["", format_table_mb(rows), ""]
         return lines
 
-    def save(self, out: str | os.PathLike) -> Path:
+    def save(self, out: str | os.PathLike, plots: bool = True) -> Path:
+        """Write profile.json, trace.json, summary.md and (plots=True) the PNG views."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         atomic.write_json(out / "profile.json", self.to_json())
         atomic.write_json(out / "trace.json", chrome_trace(self.events))
         atomic.write_text(out / "summary.md", self.summary_text() + "\n")
+        if plots:
+            from .views.static import save_profile_plots
+
+            save_profile_plots(self, out)
         self.path = out
         return out
 
@@ -210,11 +215,12 @@ def run_profile(model, prompt: str, n: int = 16, backend: str = "numpy", weight_
     from .model import load
     from .models import resolve
 
+    still_cached = None
     if cold:
         if hasattr(model, "ops"):
             raise ValueError("cold=True needs a model name or path (it evicts the file before loading)")
         model = resolve(model)
-        res_mod.evict(model)
+        still_cached = res_mod.evict(model)  # > 0: another process maps the file, not fully cold
     advice = res_mod.ADVICE[madvise] if madvise else None
     m = model if hasattr(model, "ops") else load(model, backend=backend, weight_cache=weight_cache, device=device,
                                                   advice=advice)
@@ -227,7 +233,7 @@ def run_profile(model, prompt: str, n: int = 16, backend: str = "numpy", weight_
         meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(), "model": model_info(m),
                 "settings": {"backend": backend, "weight_cache": weight_cache, "device": device, "n": n,
                              "chat": chat, "faults": faults, "touch": touch, "prompt": prompt, "cold": cold,
-                             "madvise": madvise},
+                             "cached_after_evict": still_cached, "madvise": madvise},
                 "load_seconds": m.load_seconds, "recorder_overhead_ms": rec.overhead_ns / 1e6}
         res = {}
         if residency:

@@ -1,35 +1,49 @@
 /* attention.cl: causal attention of n queries (positions pos..pos+n-1) over the first T
- * positions of a device-resident KV cache (K, V: (n_ctx, Hkv, hd)), in three launches:
- * attn_scores -> softmax (norm.cl, in place on S) -> attn_values. S is (n, H, T).
+ * positions of a device-resident KV cache (K, V: (n_ctx, Hkv, hd)), in four launches:
+ * kv_store -> attn_scores -> softmax (norm.cl, in place on S) -> attn_values. S is (n, H, T)
+ * for a chunk of queries that starts at float q_at of Q (n, H, hd) and o_at of O (n, H, hd).
  * Query head h reads KV head h / (H / Hkv). window < 0: no sliding window; else key j is
- * visible to query position p when p - j < window. */
+ * visible to query position p when p - j < window.
+ * Grids: (T or hd rounded up to the local size, H, n): no index is split with / and %. */
 
-kernel void attn_scores(global const float *Q, global const float *K, global float *S,
-                        const int H, const int Hkv, const int hd, const int pos, const int T,
-                        const float scale, const int window) {
-    const int j = get_global_id(0), ih = get_global_id(1);
-    if (j >= T) return;
-    const int i = ih / H, h = ih % H, kh = h / (H / Hkv), qp = pos + i;
-    float s = -INFINITY;
-    if (j <= qp && (window < 0 || qp - j < window)) {
-        global const float *q = Q + (size_t)ih * hd;
-        global const float *k = K + ((size_t)j * Hkv + kh) * hd;
-        float a = 0.0f;
-        for (int d = 0; d < hd; ++d) a += q[d] * k[d];
-        s = a * scale;
-    }
-    S[(size_t)ih * T + j] = s;
+/* the new keys and values (N floats each) into the cache at float offset `at`. A kernel
+ * rather than a host write at an offset: after one of those oclgrind 21.10 takes the rest of
+ * the buffer for uninitialized; and it keeps k, v on the device once activations stay there */
+kernel void kv_store(global const float *k, global const float *v, global float *K, global float *V,
+                     const int at, const int N) {
+    const int i = get_global_id(0);
+    if (i >= N) return;
+    K[at + i] = k[i];
+    V[at + i] = v[i];
 }
 
-kernel void attn_values(global const float *P, global const float *V, global float *O,
+kernel void attn_scores(global const float *Q, const int q_at, global const float *K, global float *S,
+                        const int H, const int Hkv, const int hd, const int pos, const int T,
+                        const float scale, const int window) {
+    const int j = get_global_id(0), h = get_global_id(1), i = get_global_id(2);
+    if (j >= T) return;
+    const int ih = i * H + h, kh = h / (H / Hkv), qp = pos + i;
+    global float *s = S + (size_t)ih * T + j;
+    if (j > qp || (window >= 0 && qp - j >= window)) {
+        *s = -INFINITY;
+        return;
+    }
+    global const float *q = Q + q_at + (size_t)ih * hd;
+    global const float *k = K + ((size_t)j * Hkv + kh) * hd;
+    float a = 0.0f;
+    for (int d = 0; d < hd; ++d) a += q[d] * k[d];
+    *s = a * scale;
+}
+
+kernel void attn_values(global const float *P, global const float *V, global float *O, const int o_at,
                         const int H, const int Hkv, const int hd, const int pos, const int T,
                         const int window) {
-    const int d = get_global_id(0), ih = get_global_id(1);
+    const int d = get_global_id(0), h = get_global_id(1), i = get_global_id(2);
     if (d >= hd) return;
-    const int i = ih / H, h = ih % H, kh = h / (H / Hkv), qp = pos + i;
+    const int ih = i * H + h, kh = h / (H / Hkv), qp = pos + i;
     const int j0 = window < 0 ? 0 : max(0, qp - window + 1), j1 = min(T, qp + 1);
     global const float *p = P + (size_t)ih * T;
     float a = 0.0f;
     for (int j = j0; j < j1; ++j) a += p[j] * V[((size_t)j * Hkv + kh) * hd + d];
-    O[(size_t)ih * hd + d] = a;
+    O[o_at + (size_t)ih * hd + d] = a;
 }

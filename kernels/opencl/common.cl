@@ -2,11 +2,13 @@
  * pyopencl's binary cache see one self-contained source).
  *
  * Portable OpenCL C 1.2: no extensions, halves only through vload_half (core), work-group
- * sizes chosen by the host from the device (reductions need a power of two).
+ * sizes chosen by the host from the device (reductions need a power of two). Vectors are at
+ * most 8 lanes (PoCL 3.0's LLVM 14 crashed on uint16 shifts) and never taken apart with
+ * .lo/.hi/.sN (oclgrind's --uninitialized checker crashes on those).
  *
  * Holds what several programs share: the f16/u32 loaders, the work-group reductions and
- * the GGUF block readers. A block reader `deq32_<type>(row, u, w)` dequantizes weight unit
- * `u` (32 consecutive weights) of one row of raw blocks into the private array w[32], with
+ * the GGUF block readers. A block reader `deq32_<type>(row, u, w)` dequantizes weight
+ * unit `u` (32 consecutive weights) of one row of raw blocks into four float8 vectors, with
  * exactly the arithmetic, in the same order, of kernels/qtypes.py: results are bit-identical
  * to the numpy reference (hence FP_CONTRACT OFF: no fused multiply-add). */
 
@@ -61,62 +63,78 @@ inline float wg_max(float v, local float *red) {
     return r;
 }
 
-/* ---- block readers: unit u (32 weights) of a row of raw blocks -> w[0..31] ---- */
+/* ---- block readers: unit u (32 weights) of a row of raw blocks -> w[0..3], four float8
+ *      (weights 0-7, 8-15, 16-23, 24-31). Vectors of 8 let CPU compilers use 256-bit SIMD;
+ *      GPUs scalarize them. ---- */
 
-/* F32 / F16: a unit is 32 plain values; the last unit of a row may hold only `nv` */
-inline void deq32_f32(gbytes row, int u, int nv, float *w) {
+/* F32 / F16: a unit is 32 plain values; the last unit of a row may hold only `nv` (zeros after) */
+inline void deq32_f32(gbytes row, int u, int nv, float8 *w) {
     global const float *p = (global const float *)row + 32 * u;
-    for (int j = 0; j < 32; ++j) w[j] = j < nv ? p[j] : 0.0f;
+    if (nv == 32) {
+        for (int i = 0; i < 4; ++i) w[i] = vload8(i, p);
+        return;
+    }
+    float t[32];
+    for (int j = 0; j < 32; ++j) t[j] = j < nv ? p[j] : 0.0f;
+    for (int i = 0; i < 4; ++i) w[i] = vload8(i, t);
 }
 
-inline void deq32_f16(gbytes row, int u, int nv, float *w) {
+inline void deq32_f16(gbytes row, int u, int nv, float8 *w) {
     global const half *p = (global const half *)row + 32 * u;
-    for (int j = 0; j < 32; ++j) w[j] = j < nv ? vload_half(j, p) : 0.0f;
+    if (nv == 32) {
+        for (int i = 0; i < 4; ++i) w[i] = vload_half8(i, p);
+        return;
+    }
+    float t[32];
+    for (int j = 0; j < 32; ++j) t[j] = j < nv ? vload_half(j, p) : 0.0f;
+    for (int i = 0; i < 4; ++i) w[i] = vload8(i, t);
 }
 
 /* Q4_0, 18 bytes: d:f16 qs[16]; low nibbles are weights 0-15, high nibbles 16-31.
  * w = (q - 8) * d */
-inline void deq32_q4_0(gbytes row, int u, float *w) {
+inline void deq32_q4_0(gbytes row, int u, float8 *w) {
     gbytes b = row + 18 * u;
     const float d = ld_f16(b);
-    for (int j = 0; j < 16; ++j) {
-        const uchar q = b[2 + j];
-        w[j] = (float)((int)(q & 15) - 8) * d;
-        w[j + 16] = (float)((int)(q >> 4) - 8) * d;
+    for (int i = 0; i < 2; ++i) {
+        const uchar8 q = vload8(i, b + 2);
+        w[i] = convert_float8(convert_int8(q & (uchar)15) - 8) * d;
+        w[i + 2] = convert_float8(convert_int8(q >> (uchar)4) - 8) * d;
     }
 }
 
 /* Q4_1, 20 bytes: d:f16 m:f16 qs[16]. w = q * d + m */
-inline void deq32_q4_1(gbytes row, int u, float *w) {
+inline void deq32_q4_1(gbytes row, int u, float8 *w) {
     gbytes b = row + 20 * u;
     const float d = ld_f16(b), m = ld_f16(b + 2);
-    for (int j = 0; j < 16; ++j) {
-        const uchar q = b[4 + j];
-        w[j] = (float)(q & 15) * d + m;
-        w[j + 16] = (float)(q >> 4) * d + m;
+    for (int i = 0; i < 2; ++i) {
+        const uchar8 q = vload8(i, b + 4);
+        w[i] = convert_float8(q & (uchar)15) * d + m;
+        w[i + 2] = convert_float8(q >> (uchar)4) * d + m;
     }
 }
 
 /* Q5_0, 22 bytes: d:f16 qh:u32 qs[16]; bit j of qh is the fifth bit of weight j.
  * w = (q - 16) * d */
-inline void deq32_q5_0(gbytes row, int u, float *w) {
+inline void deq32_q5_0(gbytes row, int u, float8 *w) {
     gbytes b = row + 22 * u;
     const float d = ld_f16(b);
-    const uint qh = ld_u32(b + 2);
-    for (int j = 0; j < 16; ++j) {
-        const uchar q = b[6 + j];
-        const int lo = (q & 15) | (((qh >> j) & 1) << 4);
-        const int hi = (q >> 4) | (((qh >> (j + 16)) & 1) << 4);
-        w[j] = (float)(lo - 16) * d;
-        w[j + 16] = (float)(hi - 16) * d;
+    const uint8 qh = (uint8)(ld_u32(b + 2));
+    const uint8 lane = (uint8)(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int i = 0; i < 2; ++i) {
+        const uchar8 q = vload8(i, b + 6);
+        const int8 lo = convert_int8(((qh >> (lane + (uint)(8 * i))) & 1u) << 4);
+        const int8 hi = convert_int8(((qh >> (lane + (uint)(8 * i + 16))) & 1u) << 4);
+        w[i] = convert_float8((convert_int8(q & (uchar)15) | lo) - 16) * d;
+        w[i + 2] = convert_float8((convert_int8(q >> (uchar)4) | hi) - 16) * d;
     }
 }
 
 /* Q8_0, 34 bytes: d:f16 qs[32] (int8). w = q * d */
-inline void deq32_q8_0(gbytes row, int u, float *w) {
+inline void deq32_q8_0(gbytes row, int u, float8 *w) {
     gbytes b = row + 34 * u;
     const float d = ld_f16(b);
-    for (int j = 0; j < 32; ++j) w[j] = (float)((char)b[2 + j]) * d;
+    global const char *qs = (global const char *)(b + 2);
+    for (int i = 0; i < 4; ++i) w[i] = convert_float8(vload8(i, qs)) * d;
 }
 
 /* Q4_K, 144 bytes: d:f16 dmin:f16 scales[12] qs[128]; unit = sub-block s (8 per block).
@@ -124,7 +142,7 @@ inline void deq32_q8_0(gbytes row, int u, float *w) {
  * scales[s + 4]; else the nibbles of scales[s + 4] below the top 2 bits of scales[s - 4]
  * and scales[s]. qs: 4 runs of 32 bytes, run s/2, low nibbles for even s, high for odd.
  * w = (d * scale) * q - (dmin * min) */
-inline void deq32_q4_k(gbytes row, int u, float *w) {
+inline void deq32_q4_k(gbytes row, int u, float8 *w) {
     gbytes b = row + 144 * (u >> 3);
     const int s = u & 7;
     gbytes sc = b + 4;
@@ -138,32 +156,33 @@ inline void deq32_q4_k(gbytes row, int u, float *w) {
     }
     const float dl = ld_f16(b) * (float)scale, ml = ld_f16(b + 2) * (float)mn;
     gbytes qs = b + 16 + 32 * (s >> 1);
-    const int shift = 4 * (s & 1);
-    for (int j = 0; j < 32; ++j) w[j] = dl * (float)((qs[j] >> shift) & 15) - ml;
+    const uchar shift = 4 * (s & 1);
+    for (int i = 0; i < 4; ++i) w[i] = dl * convert_float8((vload8(i, qs) >> shift) & (uchar)15) - ml;
 }
 
 /* Q6_K, 210 bytes: ql[128] qh[64] scales[16] (int8) d:f16; 16 sub-blocks of 16 weights,
  * in two halves of 128. Unit s (8 per block) is quarter s&3 of half hb = s>>2: its low 4 bits
- * are the low (quarters 0, 1) or high (2, 3) nibbles of ql bytes 32*(s&1).., its top 2 bits
- * field s&3 of the half's 32 qh bytes. w = (d * scale) * (q - 32) */
-inline void deq32_q6_k(gbytes row, int u, float *w) {
+ * are the low (quarters 0, 1) or high (2, 3) nibbles of ql bytes 32*(s&1).. of the half, its
+ * top 2 bits field s&3 of the half's 32 qh bytes. w = (d * scale) * (q - 32), one scale per
+ * 16 weights. */
+inline void deq32_q6_k(gbytes row, int u, float8 *w) {
     gbytes b = row + 210 * (u >> 3);
     const int s = u & 7, hb = s >> 2, quarter = s & 3;
     gbytes ql = b + 64 * hb + 32 * (quarter & 1);
     gbytes qh = b + 128 + 32 * hb;
-    const int lshift = 4 * (quarter >> 1), hshift = 2 * quarter;
+    const uchar lshift = 4 * (quarter >> 1), hshift = 2 * quarter;
     global const char *scales = (global const char *)(b + 192);
     const float d = ld_f16(b + 208);
-    const float d0 = d * (float)scales[8 * hb + 2 * quarter];
-    const float d1 = d * (float)scales[8 * hb + 2 * quarter + 1];
-    for (int j = 0; j < 32; ++j) {
-        const int q = (((ql[j] >> lshift) & 15) | (((qh[j] >> hshift) & 3) << 4)) - 32;
-        w[j] = (j < 16 ? d0 : d1) * (float)q;
+    for (int i = 0; i < 4; ++i) {
+        const float ds = d * (float)scales[8 * hb + 2 * quarter + (i >> 1)];
+        const int8 q = convert_int8(((vload8(i, ql) >> lshift) & (uchar)15) |
+                                    (((vload8(i, qh) >> hshift) & (uchar)3) << (uchar)4)) - 32;
+        w[i] = ds * convert_float8(q);
     }
 }
 
 /* unit u of a row of type qt (a compile-time constant at every call, so this folds) */
-inline void deq32(const int qt, gbytes row, int u, int nv, float *w) {
+inline void deq32(const int qt, gbytes row, int u, int nv, float8 *w) {
     switch (qt) {
     case QT_F32: deq32_f32(row, u, nv, w); break;
     case QT_F16: deq32_f16(row, u, nv, w); break;
@@ -174,6 +193,24 @@ inline void deq32(const int qt, gbytes row, int u, int nv, float *w) {
     case QT_Q4_K: deq32_q4_k(row, u, w); break;
     case QT_Q6_K: deq32_q6_k(row, u, w); break;
     }
+}
+
+/* lane-wise products of a unit with x[0..nv) (nv <= 32; x holds only those values): sum
+ * the lanes of a running total once, at the end, with hsum8 */
+inline float8 dot32v(const float8 *w, global const float *x, int nv) {
+    if (nv == 32)
+        return w[0] * vload8(0, x) + w[1] * vload8(1, x) + w[2] * vload8(2, x) + w[3] * vload8(3, x);
+    float t[32];
+    for (int j = 0; j < 32; ++j) t[j] = j < nv ? x[j] : 0.0f;
+    return w[0] * vload8(0, t) + w[1] * vload8(1, t) + w[2] * vload8(2, t) + w[3] * vload8(3, t);
+}
+
+/* the sum of a vector's lanes, through a private array: oclgrind 21.10 --uninitialized
+ * crashes on .lo/.hi/.sN */
+inline float hsum8(float8 v) {
+    float t[8];
+    vstore8(v, 0, t);
+    return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
 }
 
 /* the kernel-name suffix and type id of every type read here, for per-type kernels */

@@ -6,10 +6,16 @@ inline void embed_rows(const int qt, gbytes W, const int row_bytes, const int co
     const int u = get_global_id(0), t = get_global_id(1);
     if (32 * u >= cols) return;
     const int nv = min(32, cols - 32 * u);
-    float w[32];
+    float8 w[4];
     deq32(qt, W + (size_t)ids[t] * row_bytes, u, nv, w);
     global float *y = Y + (size_t)t * cols + 32 * u;
-    for (int j = 0; j < nv; ++j) y[j] = w[j];
+    if (nv == 32) {
+        for (int i = 0; i < 4; ++i) vstore8(w[i], i, y);
+        return;
+    }
+    float v[32];
+    for (int i = 0; i < 4; ++i) vstore8(w[i], i, v);
+    for (int j = 0; j < nv; ++j) y[j] = v[j];
 }
 
 #define EMBED_KERNEL(name, qt)                                                                   \

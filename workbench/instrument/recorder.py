@@ -45,6 +45,8 @@ class OpEvent:
     minflt: int = -1  # -1: not counted
     majflt: int = -1
     rows: Any = None  # logical touch: None = all rows, else sorted unique row ids (np.ndarray)
+    device_ns: int = -1  # device time of the op's kernels and copies (OpenCL profiling events); -1: none
+    kernels: list = field(default_factory=list)  # [kernel, start_ns, end_ns] on the device clock
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -66,6 +68,7 @@ class Recorder:
     residency: Any = None  # a residency.Residency: sample mapped/cached pages per forward pass
     samples: list[dict] = field(default_factory=list)
     ops: Any = None  # the Ops this recorder is attached to
+    device_timed: tuple = ()  # backends whose kernel timings (OpenCL profiling events) are read per op
     _raw: list = field(default_factory=list)  # one tuple per op; turned into OpEvents on demand
     _events: list = field(default_factory=list)
     _step: tuple = ()
@@ -102,9 +105,10 @@ class Recorder:
             t1 = time.perf_counter_ns()
             c1 = time.thread_time_ns()
             flt = (-1, -1)
+        dev = be.drain_kernel_events() if be in self.device_timed else None
         self._raw.append((name, ops.layer, weight, be, ops.phase, ops.pos,
                           [a.shape for a in args if a.__class__ is _ndarray], getattr(out, "shape", ()),
-                          getattr(out, "dtype", ""), t0, t1, c1 - c0, flt, rows, flops))
+                          getattr(out, "dtype", ""), t0, t1, c1 - c0, flt, rows, flops, dev))
         self.overhead_ns += (time.perf_counter_ns() - t_enter) - (t1 - t0)
         return out
 
@@ -112,7 +116,7 @@ class Recorder:
     def events(self) -> list[OpEvent]:
         """The recorded ops as OpEvents (built from the raw tuples on first access after new ops)."""
         start = len(self._events)
-        for i, (name, layer, w, be, phase, pos, in_shapes, out_shape, dtype, t0, t1, cpu, flt, rows, flops) in \
+        for i, (name, layer, w, be, phase, pos, in_shapes, out_shape, dtype, t0, t1, cpu, flt, rows, flops, dev) in \
                 enumerate(self._raw[start:], start):
             if w is None:
                 wbytes = 0
@@ -129,7 +133,9 @@ class Recorder:
                 in_shapes=[list(s) for s in in_shapes], out_shape=list(out_shape), dtype=str(dtype),
                 start_ns=t0 - self.started_ns, wall_ns=t1 - t0, cpu_ns=cpu,
                 weight_bytes=wbytes, flops=int(flops), minflt=flt[0], majflt=flt[1],
-                rows=rows if self.touch else None))
+                rows=rows if self.touch else None,
+                device_ns=sum(k["end_ns"] - k["start_ns"] for k in dev) if dev is not None else -1,
+                kernels=[[k["kernel"], k["start_ns"], k["end_ns"]] for k in dev] if dev else []))
         return self._events
 
     @contextlib.contextmanager
@@ -157,11 +163,19 @@ def record(model, faults: bool = True, touch: bool = True, residency: bool = Fal
         from .residency import Residency
 
         res = Residency(model.gguf)
-    rec = Recorder(faults=faults, touch=touch, residency=res, ops=ops)
+    timed = tuple(b for b in ops.backends if hasattr(b, "drain_kernel_events"))
+    was = [b.profile for b in timed]
+    for b in timed:  # device timings are kept only while recording
+        b.profile = True
+        b.drain_kernel_events()
+    rec = Recorder(faults=faults, touch=touch, residency=res, ops=ops, device_timed=timed)
     ops.recorder = rec
     try:
         yield rec
     finally:
         ops.recorder = None
+        for b, p in zip(timed, was):
+            b.profile = p
+            b.drain_kernel_events()
         if res is not None:
             rec.sample("end", ops.pos)

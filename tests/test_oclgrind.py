@@ -1,0 +1,112 @@
+"""Every OpenCL kernel under oclgrind (an OpenCL device simulator that reports out-of-bounds
+accesses, data races, uninitialized reads and API misuse): the error log must be empty.
+
+Runs a small script in a child process under `oclgrind --data-races --uninitialized --log
+FILE python script.py`; pyopencl there sees the single platform Oclgrind. (Not --check-api:
+pyopencl itself probes device properties that an OpenCL 1.2 device rejects, and oclgrind
+prints those to stderr.)
+The script launches every kernel the backend built (it checks that list itself), on tiny
+shapes with ragged edges, and compares each result with the numpy backend. Skipped when
+`oclgrind` is not on PATH (`apt-get install -y oclgrind`) or pyopencl is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = r'''
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from kernels.opencl_backend import OpenCLBackend, WEIGHT_TYPES
+from kernels.numpy_backend import NumpyBackend
+from kernels.qtypes import BY_NAME, dequantize
+
+be, ref = OpenCLBackend(device="oclgrind", profile=True), NumpyBackend()  # profile: list what ran
+assert "Oclgrind" in repr(be), repr(be)
+rng = np.random.default_rng(7)
+SCALES = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q8_0": [0], "Q4_K": [0, 2], "Q6_K": [208]}
+
+class W:
+    def __init__(self, name, rows, cols):
+        q = self.qtype = BY_NAME[name]
+        self.name, self.cols = name, cols
+        if q.block_size == 1:
+            vals = rng.standard_normal((rows, cols)).astype(np.float32 if name == "F32" else np.float16)
+            self.data = vals.view(np.uint8)
+        else:
+            self.data = rng.integers(0, 256, (rows, q.row_bytes(cols)), dtype=np.uint8)
+            b = self.data.reshape(-1, q.type_size)
+            for at in SCALES[name]:
+                b[:, at:at + 2] = rng.uniform(-0.05, 0.05, len(b)).astype("<f2").view(np.uint8).reshape(-1, 2)
+        self.rows, self.row_bytes = self.data.shape
+
+def check(got, want, what, exact=False):
+    ok = np.array_equal(got, want) if exact else np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    if not ok:
+        sys.exit(f"MISMATCH {what}: max diff {np.max(np.abs(got - want))}")
+
+f32 = lambda *s: rng.standard_normal(s).astype(np.float32)
+for name in WEIGHT_TYPES:
+    bs = BY_NAME[name].block_size
+    w = W(name, 5, 256 if bs == 256 else (64 if bs == 32 else 45))   # 45: a ragged F32/F16 unit
+    check(be.embed(w, np.array([4, 0, 2])), ref.embed(w, np.array([4, 0, 2])), "embed " + name, exact=True)
+    for n in (1, 9):   # matvec (1 token) and matmul (two token tiles, the second ragged)
+        x = f32(n, w.cols)
+        check(be.matmul(x, w), ref.matmul(x, w), f"matmul {name} n={n}")
+
+x, g = f32(3, 37), f32(37)
+check(be.rms_norm(x, g, 1e-5), ref.rms_norm(x, g, 1e-5), "rms_norm")
+check(be.softmax(x), ref.softmax(x), "softmax")
+for op in ("silu_mul", "gelu_mul", "add"):
+    check(getattr(be, op)(x, x[::-1].copy()), getattr(ref, op)(x, x[::-1].copy()), op)
+check(be.scale(x, 0.5), ref.scale(x, 0.5), "scale")
+q = f32(2, 3, 12)
+for mode in ("norm", "neox"):
+    check(be.rope(q, np.arange(5, 7), 1e4, mode, 8), ref.rope(q, np.arange(5, 7), 1e4, mode, 8), "rope " + mode)
+H, Hkv, hd = 4, 2, 8
+for window in (None, 2):
+    mine, theirs = be.new_kv_cache(1, 6, Hkv, hd), ref.new_kv_cache(1, 6, Hkv, hd)
+    pos = 0
+    for n in (3, 1):
+        q, k, v = f32(n, H, hd), f32(n, Hkv, hd), f32(n, Hkv, hd)
+        check(be.attention(q, k, v, mine, 0, pos, 0.35, window), ref.attention(q, k, v, theirs, 0, pos, 0.35, window),
+              f"attention window={window}")
+        pos += n
+
+ran = {e["kernel"] for e in be.drain_kernel_events()}
+missing = set(be._kernels) - ran
+if missing:
+    sys.exit(f"kernels never launched: {sorted(missing)}")
+be.close()
+print("OK", len(ran), "kernels")
+'''
+
+
+def test_every_kernel_is_clean_under_oclgrind(tmp_path):
+    oclgrind = shutil.which("oclgrind")
+    if oclgrind is None:
+        if os.environ.get("CI"):  # .ci/run installs it: a missing simulator must not pass silently
+            pytest.fail("oclgrind is not on PATH in CI (.ci/run should apt-get install it)")
+        pytest.skip("oclgrind is not on PATH (apt-get install -y oclgrind)")
+    pytest.importorskip("pyopencl", reason="the opencl backend needs pyopencl")
+    script, log = tmp_path / "exercise.py", tmp_path / "oclgrind.log"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYOPENCL_NO_CACHE": "1"}  # no binaries cached from another device
+    env.pop("WORKBENCH_OPENCL_DEVICE", None)
+    proc = subprocess.run([oclgrind, "--data-races", "--uninitialized", "--log", str(log),
+                           sys.executable, str(script), str(ROOT)],
+                          capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    errors = log.read_text() if log.exists() else ""
+    assert proc.returncode == 0, (f"rc={proc.returncode}\nstdout:\n{proc.stdout}\n"
+                                  f"stderr:\n{proc.stderr[-4000:]}\nlog:\n{errors[:4000]}")
+    assert "OK" in proc.stdout, proc.stdout
+    assert errors.strip() == "", f"oclgrind reported:\n{errors[:8000]}"
