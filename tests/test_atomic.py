@@ -119,16 +119,17 @@ def test_killed_profile_writer_leaves_old_or_new(tmp_path, tiny_model_path):
     run_profile(str(tiny_model_path), "hi", n=2, residency=False, out=src)
     rng = random.Random(99)
     out = tmp_path / "prof"
+    shutil.copytree(src, out)  # an old profile is there before the first kill
+    on_disk = 0  # its generation (src has none)
     for i, sig in enumerate([signal.SIGTERM, signal.SIGKILL] * 2):
         last, code, err = kill_writer(tmp_path, out, "profile", 20_000, sig, rng.uniform(0.0, 0.4), [str(src)])
         assert "Traceback" not in err, err
         # each file is old or new (the three are written one after the other: a kill between
         # them can leave a new profile.json beside the previous trace.json, or none yet)
-        if (out / "profile.json").exists():
-            p = load_profile(out)
-            assert p.meta["gen"] in (last, last + 1), (p.meta["gen"], last)
-        else:
-            assert last == 0
+        p = load_profile(out)  # never missing, never half-written: the old one or a new one
+        gen = p.meta.get("gen", 0)
+        assert gen in ((on_disk,) if last == 0 else ()) + (last, last + 1), (gen, last, on_disk)
+        on_disk = gen
         if (out / "trace.json").exists():
             json.loads((out / "trace.json").read_text())
         if (out / "summary.md").exists():
