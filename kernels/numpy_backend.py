@@ -67,26 +67,25 @@ class NumpyBackend(Backend):
         return out
 
     def rms_norm(self, x, weight, eps):
-        ms = np.mean(np.square(x, dtype=np.float32), axis=-1, keepdims=True)
+        ms = np.add.reduce(x * x, axis=-1, keepdims=True) / np.float32(x.shape[-1])
         return (x * (1.0 / np.sqrt(ms + eps))) * weight
 
     def rope(self, x, pos, theta_base, mode, n_rot=None):
+        """Rotate pairs of each head by pos * theta_base^(-2i/n_rot): as complex numbers,
+        (x0 + i x1) * e^(i angle). NORM pairs neighbours (x[2i], x[2i+1]); NEOX pairs the
+        two halves (x[i], x[i + n_rot/2])."""
         n, H, hd = x.shape
         n_rot = hd if n_rot is None else n_rot
         half = n_rot // 2
         inv = theta_base ** (-np.arange(half, dtype=np.float64) * 2.0 / n_rot)
-        ang = np.asarray(pos, np.float64)[:, None] * inv[None, :]  # (n, half)
-        cos = np.cos(ang).astype(np.float32)[:, None, :]
-        sin = np.sin(ang).astype(np.float32)[:, None, :]
+        rot = np.exp(1j * (np.asarray(pos, np.float64)[:, None] * inv)).astype(np.complex64)[:, None, :]
         out = x.copy()
         if mode == ROPE_NORM:
-            x0, x1 = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
-            out[..., 0:n_rot:2] = x0 * cos - x1 * sin
-            out[..., 1:n_rot:2] = x0 * sin + x1 * cos
+            z = np.ascontiguousarray(x[..., :n_rot]).view(np.complex64) * rot  # (n, H, half)
+            out[..., :n_rot] = z.view(np.float32)
         elif mode == ROPE_NEOX:
-            x0, x1 = x[..., :half], x[..., half:n_rot]
-            out[..., :half] = x0 * cos - x1 * sin
-            out[..., half:n_rot] = x0 * sin + x1 * cos
+            z = (x[..., :half] + 1j * x[..., half:n_rot]).astype(np.complex64) * rot
+            out[..., :half], out[..., half:n_rot] = z.real, z.imag
         else:
             raise ValueError(f"unknown rope mode {mode!r}")
         return out
@@ -102,7 +101,8 @@ class NumpyBackend(Backend):
         kh = K[:T].transpose(1, 2, 0)[:, None]  # (Hkv, 1, hd, T)
         vh = V[:T].transpose(1, 0, 2)[:, None]  # (Hkv, 1, T, hd)
         s = (qh @ kh) * np.float32(scale)  # (Hkv, g, n, T)
-        s += _causal_mask(pos, n, T, window)
+        if n > 1 or (window is not None and T > window):  # one new token sees every cached one
+            s += _causal_mask(pos, n, T, window)
         p = self.softmax(s)
         o = p @ vh  # (Hkv, g, n, hd)
         return np.ascontiguousarray(o.transpose(2, 0, 1, 3)).reshape(n, H * hd)

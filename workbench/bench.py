@@ -117,7 +117,8 @@ def run_bench(model: str, backends=("numpy",), weight_cache: str = "f32", peer: 
 
     path = str(resolve(model))
     rng = np.random.default_rng(0)
-    engines = [our_engine(path, b, weight_cache if b == "numpy" else "none") for b in backends]
+    # the f32 weight cache is a numpy-family mode (numexpr inherits it); OpenCL reads quant blocks
+    engines = [our_engine(path, b, weight_cache if b in ("numpy", "numexpr") else "none") for b in backends]
     if peer:
         engines.append(llama_cpp_engine(path, threads))
     n_vocab_safe = 1000 + rng.integers(0, 20000, size=max(pp + (16,)))
