@@ -21,9 +21,21 @@ def test_last_position_matches_llamacpp(gemma3, name):
     assert int(ours.argmax()) == int(ref.argmax())
     assert len(top(ours) & top(ref)) >= 8
     # Q1 is ill-conditioned: llama.cpp's own default and precise configurations differ by
-    # KL 0.234 on it; our float32 forward equals an independent float64 one (below) and
-    # sits at 0.151 from precise. Every other prompt is held to the issue's 0.03.
+    # KL 0.234 on it, and ours sits at 0.151 from precise. The next test shows why: with
+    # the same weights in F32, llama.cpp agrees with us on Q1 to KL < 1e-4, so the gap is
+    # llama.cpp quantizing activations to 8 bits. Every other prompt is held to 0.03.
     assert kl(ref, ours) <= (0.25 if name == "Q1" else 0.03)
+
+
+@pytest.mark.parametrize("name", ["Q1", "Q2", "Q3", "Q4"])
+def test_matches_llamacpp_on_f32_weights(gemma3, name):
+    """llama.cpp on the same weights dequantized to F32 (no 8-bit activations): exact agreement."""
+    p = PROMPTS[name]
+    ref = np.load(FIXTURES / "llamacpp/gemma3" / f"{name.lower()}_last_logits_f32weights.npy")
+    ours = gemma3.forward(gemma3.new_state(len(p["token_ids"])), p["token_ids"])[-1]
+    assert kl(ref, ours) <= 1e-3
+    assert np.abs(ref - ours).max() < 0.1
+    assert top(ours) == top(ref)
 
 
 @pytest.mark.parametrize("name", ["Q1", "Q2", "Q3", "Q4"])

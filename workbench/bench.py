@@ -84,8 +84,15 @@ def llama_cpp_engine(model_path: str, threads: int) -> Engine:
     except ImportError as e:
         raise RuntimeError("the llama.cpp peer needs llama-cpp-python: pip install -e '.[peer]' "
                            "(see README: build flags)") from e
+    import llama_cpp
+
     llm = Llama(model_path=model_path, n_ctx=1024, n_batch=512, n_threads=threads, n_threads_batch=threads,
                 verbose=False)
+    n_vocab = llm.n_vocab()
+
+    def argmax_last() -> int:  # the last position's logits, as llama.cpp returns them
+        row = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+        return int(np.argmax(np.ctypeslib.as_array(row, shape=(n_vocab,))))
 
     def run_pp(tokens):
         llm.reset()
@@ -96,14 +103,12 @@ def llama_cpp_engine(model_path: str, threads: int) -> Engine:
     def run_tg(prompt, n):
         llm.reset()
         llm.eval(list(prompt))
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = argmax_last()
         t = time.perf_counter()
         for _ in range(n):
             llm.eval([tok])
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            tok = argmax_last()
         return time.perf_counter() - t
-
-    import llama_cpp
 
     per_token = os.path.getsize(model_path)
     return Engine("llama.cpp", run_pp, run_tg, per_token, {"version": llama_cpp.__version__, "threads": threads},
