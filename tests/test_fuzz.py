@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kernels.qtypes import QTYPES
-from test_hostile import ARRAY, BASE, SCALAR, STRING, U64_MAX, Writer, corpus
+from test_hostile import ARRAY, BASE, SCALAR, STRING, U64_MAX, build, corpus
 from workbench.gguf import GGUFError, parse
 
 MAX_EXAMPLES = 800
@@ -115,25 +115,7 @@ def gguf_file(draw, valid: bool = False) -> tuple[bytes, list[int]]:
 
 
 def _build(kvs, tensors, alignment, data_bytes):
-    w = Writer()
-    w.put("magic", b"GGUF")
-    w.u32("version", 3)
-    w.u64("n_tensors", len(tensors))
-    w.u64("n_kv", len(kvs))
-    for i, (key, vtype, v) in enumerate(kvs):
-        w.string(f"kv{i}.key", key)
-        w.u32(f"kv{i}.type", vtype)
-        w.value(f"kv{i}.value", vtype, v)
-    for i, (name, dims, ttype, offset) in enumerate(tensors):
-        w.string(f"ti{i}.name", name)
-        w.u32(f"ti{i}.n_dims", len(dims))
-        for j, d in enumerate(dims):
-            w.u64(f"ti{i}.dims[{j}]", d)
-        w.u32(f"ti{i}.type", ttype)
-        w.u64(f"ti{i}.offset", offset)
-    w.put("pad", b"\0" * (-len(w.buf) % alignment))
-    w.put("data", bytes(data_bytes))
-    return bytes(w.buf), w.at
+    return build(kvs, tensors, alignment=alignment, data_bytes=data_bytes)
 
 
 def mutate(draw, data: bytes, fields: list[int]) -> bytes:

@@ -54,20 +54,29 @@ def token_spans(events: list[dict]) -> list[dict]:
     return sorted(spans.values(), key=lambda s: s["start_ns"])
 
 
-def logical_touch(events: list[dict], tensors: dict[str, dict]) -> list[dict]:
-    """Per weight tensor: bytes and rows the ops read (union over the run), and reads per pass.
-    `tensors` maps name -> {"rows", "row_bytes", "nbytes", "type"}."""
-    touched: dict[str, set | None] = {}
-    reads: dict[str, int] = defaultdict(int)
+def rows_read(events: list[dict]) -> dict[str, set | None]:
+    """The logical touch map: weight tensor -> the set of row ids the ops read, or None
+    where some op read every row."""
+    out: dict[str, set | None] = {}
     for e in events:
         name = e.get("tensor")
         if not name:
             continue
-        reads[name] += e["weight_bytes"]
         if e.get("rows") is None:
-            touched[name] = None  # every row
-        elif touched.get(name, set()) is not None:
-            touched.setdefault(name, set()).update(e["rows"])
+            out[name] = None
+        elif out.get(name, set()) is not None:
+            out.setdefault(name, set()).update(int(r) for r in e["rows"])
+    return out
+
+
+def logical_touch(events: list[dict], tensors: dict[str, dict]) -> list[dict]:
+    """Per weight tensor: bytes and rows the ops read (union over the run), and reads per pass.
+    `tensors` maps name -> {"rows", "row_bytes", "nbytes", "type"}."""
+    touched = rows_read(events)
+    reads: dict[str, int] = defaultdict(int)
+    for e in events:
+        if e.get("tensor"):
+            reads[e["tensor"]] += e["weight_bytes"]
     out = []
     for name, t in tensors.items():
         rows = touched.get(name, set())
@@ -103,15 +112,7 @@ def touch_layers(events: list[dict], tensors: dict[str, dict], samples: list[dic
     from .residency import rows_to_pages
 
     logical = {r["tensor"]: r for r in logical_touch(events, tensors)}
-    rows_by_tensor: dict[str, set | None] = {}
-    for e in events:
-        name = e.get("tensor")
-        if not name:
-            continue
-        if e.get("rows") is None:
-            rows_by_tensor[name] = None
-        elif rows_by_tensor.get(name, set()) is not None:
-            rows_by_tensor.setdefault(name, set()).update(e["rows"])
+    rows_by_tensor = rows_read(events)
     first, last = (samples[0], samples[-1]) if samples else (None, None)
     n_pages = len(last["mapped"]) if last else 0
     out, tot = [], {"logical_bytes": 0, "logical_page_bytes": 0, "mapped_bytes": 0, "newly_mapped_bytes": 0,

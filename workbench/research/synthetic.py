@@ -337,16 +337,9 @@ def read_whole_file(path: str | os.PathLike, cold: bool = True, chunk_bytes: int
 def touch_map_from_events(events: list[dict]) -> dict[str, list[int] | None]:
     """The logical touch map of recorded events (dicts, e.g. `[e.to_dict() for e in rec.events]`):
     tensor -> sorted row ids read, or None when every row was read."""
-    out: dict[str, set | None] = {}
-    for e in events:
-        name = e.get("tensor")
-        if not name:
-            continue
-        if e.get("rows") is None:
-            out[name] = None
-        elif out.get(name, set()) is not None:
-            out.setdefault(name, set()).update(int(r) for r in e["rows"])
-    return {k: (None if v is None else sorted(v)) for k, v in out.items()}
+    from ..instrument.analysis import rows_read
+
+    return {k: (None if v is None else sorted(v)) for k, v in rows_read(events).items()}
 
 
 def touch_pages(path: str | os.PathLike, touch_map: dict[str, list[int] | None], cold: bool = True,
