@@ -145,3 +145,60 @@ def test_06_sparsity(tmp_path, artifacts, isolated_kernel_env):
     assert 0 < out.number(r"largest: mean ([\d.]+) %") < 100
     assert len(out.pngs) >= 8
     assert len(out.widget_fallbacks) == 2
+
+
+def test_05_opencl_gpu(tmp_path, artifacts, isolated_kernel_env):
+    pytest.importorskip("pyopencl", reason="the opencl backend needs pyopencl and a device")
+    out = run("05_opencl_gpu.ipynb", tmp_path, artifacts)
+    assert "device 0: " in out.stdout and "picked by default: " in out.stdout
+    assert "BackendError: no OpenCL device matches 'NVIDIA'" in out.stdout  # a name that matches nothing
+    assert "workbench: error: no OpenCL device matches 'NVIDIA'" in out.stdout + out.stderr  # the same from the CLI
+    assert "| weights_in_place |" in out.texts  # describe()
+    # numpy vs opencl on the same prompt
+    assert out.number(r"KL\(numpy \|\| opencl\) per position: max ([\d.e+-]+) nats") < 1e-4
+    assert out.number(r"top-10 overlap at the last position: (\d+) of 10") >= 9
+    assert "same greedy tokens: True" in out.stdout
+    # mixed backends: matmuls on opencl, the rest on numpy, nothing fell back
+    assert "| matmul | opencl | False |" in out.texts and "| rms_norm | numpy | False |" in out.texts
+    # kernel timings from profiling events
+    assert "'device_ns'" in out.texts and "matvec_q4_1" in out.texts
+    host = out.number(r"decode, all ops: host (\d+) ms")
+    device = out.number(r"decode, all ops: host \d+ ms, device (\d+) ms")
+    assert 0 < device <= host
+    # resident mode, measured
+    assert out.number(r"opencl\s+decode: median ([\d.]+) tok/s") > 0.3
+    assert out.number(r"opencl, resident\s+decode: median ([\d.]+) tok/s") > 0.3
+    assert "same text: True" in out.stdout
+    assert len(out.pngs) >= 4  # backend cost, host vs device, backend comparison, explorer
+    assert len(out.widget_fallbacks) == 1
+
+
+def test_07_sparse_loading(tmp_path, artifacts, isolated_kernel_env):
+    out = run("07_sparse_loading.ipynb", tmp_path, artifacts)
+    assert out.number(r"(\d+) layers x \d+ tokens") == 30
+    assert out.number(r"x (\d+) FFN neurons") == 1536
+    assert 2 < out.number(r"\|a\| < 0.01: mean ([\d.]+) % of the neurons") < 60
+    assert 0 <= out.number(r"hot \(active for >= half the tokens\): median (\d+) of 1536") <= 1536
+    st_t = out.number(r"threshold sets ([\d.]+),")
+    st_k = out.number(r"top-10 % sets ([\d.]+)")
+    assert 0 < st_k < st_t < 1  # the strongest neurons change more than the thresholded sets
+    # the sweep: small thresholds are cheap, a lagging window is not
+    kl_small = out.number(r"threshold\(t=0.005\)\s+neurons\s+[\d.]+ %, mean KL ([\d.e+-]+)")
+    kl_window = out.number(r"window\(k=4, t=0.01\)\s+neurons\s+[\d.]+ %, mean KL ([\d.e+-]+)")
+    assert kl_small < 0.01 and kl_window > kl_small
+    assert out.number(r"threshold\(t=0.005\)\s+neurons.*greedy (\d+)/8") >= 7
+    used = out.number(r"threshold 0.05: (\d+) % of neurons used")
+    assert out.number(r"gate/up bytes (\d+) %") == pytest.approx(used, abs=2)  # rows follow the neurons
+    down = out.number(r"ffn_down bytes (\d+) %")
+    pages = out.number(r"GGUF pages (\d+) %")
+    assert down > 80 and pages > 80 and out.number(r"bundle pages (\d+) %") <= pages  # strided columns, pages
+    # 7B: the analytic layout; the slice written and measured here
+    assert "file 3,792,078,336 B" in out.stdout
+    assert out.number(r"= ([\d.]+) % of the tensor data") == pytest.approx(98.06, abs=0.01)
+    assert out.stdout.count("equals the analytic touch: True") == 2
+    # cold + MADV_RANDOM: one major fault per page of the token's touch map
+    pages_touched = out.number(r"madvise=random: ([\d,]+) pages")
+    assert out.number(r"madvise=random: .*?\+ ([\d,]+) major") == pytest.approx(pages_touched, rel=0.01)
+    assert "one page holds the blocks of 7,264 neurons" in out.stdout
+    assert len(out.pngs) >= 6  # sparsity map, per layer, frequency, stability, sweep, explorer
+    assert len(out.widget_fallbacks) == 1
