@@ -39,7 +39,7 @@ class OpEvent:
     dtype: str
     start_ns: int  # since the recorder started
     wall_ns: int
-    cpu_ns: int
+    cpu_ns: int  # this thread's CPU time (getrusage, microsecond resolution); -1 in timing-only mode
     weight_bytes: int  # bytes of weight data the op read (logical)
     flops: int
     minflt: int = -1  # -1: not counted
@@ -56,11 +56,13 @@ class OpEvent:
 
 
 _ndarray = np.ndarray
+_now = time.perf_counter_ns
+_getrusage = resource.getrusage
 
 
 @dataclass
 class Recorder:
-    faults: bool = True  # count page faults per op (two getrusage calls per op)
+    faults: bool = True  # page faults and thread CPU time per op (two getrusage calls per op)
     touch: bool = True  # export the logical rows each op read (embedding rows are always counted)
     overhead_ns: int = 0  # the recorder's own bookkeeping time
     started_ns: int = 0
@@ -89,26 +91,23 @@ class Recorder:
         if self.residency is not None and self._step != (ops.phase, ops.pos):
             self._step = (ops.phase, ops.pos)
             self.sample(ops.phase, ops.pos)
-        if self.faults:
-            ru0 = resource.getrusage(_RUSAGE_THREAD)
-            c0 = time.thread_time_ns()
-            t0 = time.perf_counter_ns()
+        if self.faults:  # one getrusage each side gives this thread's CPU time and faults
+            ru0 = _getrusage(_RUSAGE_THREAD)
+            t0 = _now()
             out = fn(*args)
-            t1 = time.perf_counter_ns()
-            c1 = time.thread_time_ns()
-            ru1 = resource.getrusage(_RUSAGE_THREAD)
+            t1 = _now()
+            ru1 = _getrusage(_RUSAGE_THREAD)
+            cpu = round((ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) * 1e9)
             flt = (ru1.ru_minflt - ru0.ru_minflt, ru1.ru_majflt - ru0.ru_majflt)
-        else:
-            c0 = time.thread_time_ns()
-            t0 = time.perf_counter_ns()
+        else:  # timing only: the wall clock (a vDSO read, no system call)
+            t0 = _now()
             out = fn(*args)
-            t1 = time.perf_counter_ns()
-            c1 = time.thread_time_ns()
-            flt = (-1, -1)
+            t1 = _now()
+            cpu, flt = -1, (-1, -1)
         dev = be.drain_kernel_events() if be in self.device_timed else None
         self._raw.append((name, ops.layer, weight, be, ops.phase, ops.pos,
                           [a.shape for a in args if a.__class__ is _ndarray], getattr(out, "shape", ()),
-                          getattr(out, "dtype", ""), t0, t1, c1 - c0, flt, rows, flops, dev))
+                          getattr(out, "dtype", ""), t0, t1, cpu, flt, rows, flops, dev))
         self.overhead_ns += (time.perf_counter_ns() - t_enter) - (t1 - t0)
         return out
 
