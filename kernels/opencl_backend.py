@@ -293,7 +293,11 @@ class OpenCLBackend(Backend):
 
     def _launch(self, kernel: str, gsize: tuple, lsize: tuple, *args) -> None:
         gsize = tuple(_round_up(g, l) for g, l in zip(gsize, lsize))
-        ev = self._kernels[kernel](self.queue, gsize, lsize, *args)
+        try:
+            ev = self._kernels[kernel](self.queue, gsize, lsize, *args)
+        except self.cl.Error as e:  # the device rejected the launch (resources, sizes, memory)
+            raise BackendError(f"{self.device.name.strip()} rejected kernel {kernel} "
+                               f"(global {gsize}, local {lsize}): {e}") from e
         self._pending.append((kernel, ev))
 
     def _in(self, x, dtype=F32):

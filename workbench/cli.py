@@ -82,7 +82,8 @@ def _token_ids(s: str) -> list[int]:
 def _load(args):
     from .model import load
 
-    return load(args.model, backend=args.backend, weight_cache=args.weight_cache, device=getattr(args, "device", None))
+    return load(args.model, backend=args.backend, weight_cache=args.weight_cache, device=getattr(args, "device", None),
+                fallback=getattr(args, "fallback", False))
 
 
 def _add_compute(p: argparse.ArgumentParser) -> None:
@@ -91,6 +92,8 @@ def _add_compute(p: argparse.ArgumentParser) -> None:
                    help="numpy: 'f32' dequantizes every weight once at load (fast, 4-8x the memory); "
                         "'none' reads the mapped blocks on every op (default)")
     p.add_argument("--device", default=None, help="OpenCL device (index or name substring)")
+    p.add_argument("--fallback", action="store_true",
+                   help="if the backend cannot start or fails an op, warn and run it on numpy (shown in profiles)")
 
 
 def cmd_fetch(args):
@@ -208,7 +211,8 @@ def cmd_profile(args):
         raise CLIError(f"--out {args.out} exists and is not a directory")
     prof = run_profile(args.model, args.prompt, n=args.n, backend=args.backend, weight_cache=args.weight_cache,
                        device=args.device, out=args.out, chat=args.chat, touch="logical" in layers,
-                       residency=bool(layers & {"mapped", "cached"}), cold=args.cold, madvise=args.madvise)
+                       residency=bool(layers & {"mapped", "cached"}), cold=args.cold, madvise=args.madvise,
+                       fallback=args.fallback)
     print(prof.summary_text())
     if args.py_spy:
         from .pyspy import record_workload

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from kernels.base import Backend, KVCache
+from kernels.base import Backend, BackendError, KVCache
 
 from . import model_gemma3, model_llama
 from .backends import make_backend
@@ -99,11 +100,14 @@ class Model:
 
 def load(model: str | os.PathLike | GGUFFile, backend: str | Backend = "numpy", *, weight_cache: str = "none",
          per_op: dict[str, str | Backend] | None = None, device: str | None = None,
-         advice: int | None = None) -> Model:
+         advice: int | None = None, fallback: bool = False) -> Model:
     """Map a GGUF file (registry name or path) and get it ready to run on `backend`.
 
     per_op: backends for single ops, e.g. {"matmul": "opencl"}; advice: an mmap.MADV_*
-    value applied to the mapping before the header is read."""
+    value applied to the mapping before the header is read; fallback: if a backend cannot
+    start (no device, a kernel that does not build) or fails an op at run time (out of device
+    memory, a rejected kernel), warn and use numpy instead - `model.ops.errors` and the
+    profile's events (backend, fallback) show where. Off, such errors are raised."""
     t0 = time.perf_counter()
     if isinstance(model, GGUFFile):  # already opened, e.g. by a load strategy (workbench.loading)
         g, path = model, model.path
@@ -121,9 +125,22 @@ def load(model: str | os.PathLike | GGUFFile, backend: str | Backend = "numpy", 
         check_shapes(g, cfg, weights)
         tok = Tokenizer.from_metadata(g.metadata)
         t2 = time.perf_counter()
-        be = make_backend(backend, weight_cache=weight_cache, device=device)
-        routes = {op: make_backend(b, device=device) for op, b in (per_op or {}).items()}
-        ops = Ops(be, routes)
+        startup_errors = []
+
+        def start(spec, **kw):
+            try:
+                return make_backend(spec, device=device, **kw)
+            except BackendError as e:
+                if not fallback:
+                    raise
+                startup_errors.append({"op": "*", "qtype": None, "backend": str(spec), "error": str(e)})
+                warnings.warn(f"backend {spec} cannot start: {e}; using numpy", RuntimeWarning, stacklevel=3)
+                return make_backend("numpy", weight_cache=weight_cache)
+
+        be = start(backend, weight_cache=weight_cache)
+        routes = {op: start(b) for op, b in (per_op or {}).items()}
+        ops = Ops(be, routes, fallback_on_error=fallback)
+        ops.errors += startup_errors
         ops.prepare(weights.tensors())
         t3 = time.perf_counter()
     except BaseException:

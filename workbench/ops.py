@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.base import OPS, Backend
+import warnings
+
+from kernels.base import OPS, Backend, BackendError
 from kernels.numpy_backend import NumpyBackend
 
 
 class Ops:
-    def __init__(self, backend: Backend, per_op: dict[str, Backend] | None = None, fallback: Backend | None = None):
+    def __init__(self, backend: Backend, per_op: dict[str, Backend] | None = None, fallback: Backend | None = None,
+                 fallback_on_error: bool = False):
+        """fallback_on_error: when a backend fails an op at run time (BackendError: out of device
+        memory, a rejected kernel), warn, run that op (and every later op of its kind and weight
+        type) on numpy instead, and list the failure in `errors`; off, the error propagates."""
         self.backend = backend
+        self.fallback_on_error = fallback_on_error
+        self.errors: list[dict] = []
         self.per_op = dict(per_op or {})
         unknown = set(self.per_op) - set(OPS)
         if unknown:
@@ -71,9 +79,28 @@ class Ops:
     def _run(self, op, be, fn, args, weight=None, rows=None, flops=0):
         if self._resident and be is not self._resident:
             args = tuple(self._resident.to_host(a) for a in args)  # device arrays -> numpy
+        if self.fallback_on_error and be is not self.fallback:
+            try:
+                return self._call(op, be, fn, args, weight, rows, flops)
+            except BackendError as e:
+                be = self._demote(op, getattr(weight, "qtype", None), be, e)
+                fn = getattr(be, op)
+                if self._resident:
+                    args = tuple(self._resident.to_host(a) for a in args)
+        return self._call(op, be, fn, args, weight, rows, flops)
+
+    def _call(self, op, be, fn, args, weight, rows, flops):
         if self.recorder is None:
             return fn(*args)
         return self.recorder.op(self, op, be, fn, args, weight, rows, flops)
+
+    def _demote(self, op, qtype, be, error) -> Backend:
+        """Route (op, qtype) to numpy from now on, after `be` failed it."""
+        self._routes[(op, qtype)] = self.fallback
+        self.errors.append({"op": op, "qtype": getattr(qtype, "name", qtype), "backend": be.name, "error": str(error)})
+        warnings.warn(f"{be.name} failed {op}{' ' + qtype.name if qtype is not None else ''}: {error}; "
+                      f"running it on numpy from now on", RuntimeWarning, stacklevel=4)
+        return self.fallback
 
     def embed(self, w, ids):
         ids = np.asarray(ids, dtype=np.int64)

@@ -203,7 +203,7 @@ def format_table_mb(rows: list[dict]) -> str:
 def run_profile(model, prompt: str, n: int = 16, backend: str = "numpy", weight_cache: str = "none",
                 device: str | None = None, out: str | os.PathLike | None = None, chat: bool = False,
                 faults: bool = True, touch: bool = True, residency: bool = True, cold: bool = False,
-                madvise: str | None = None) -> Profile:
+                madvise: str | None = None, fallback: bool = False) -> Profile:
     """Load `model`, generate `n` tokens after `prompt` with the recorder on, and save.
 
     residency: sample the mapped/cached page masks per forward pass; cold: evict the
@@ -223,7 +223,7 @@ def run_profile(model, prompt: str, n: int = 16, backend: str = "numpy", weight_
         still_cached = res_mod.evict(model)  # > 0: another process maps the file, not fully cold
     advice = res_mod.ADVICE[madvise] if madvise else None
     m = model if hasattr(model, "ops") else load(model, backend=backend, weight_cache=weight_cache, device=device,
-                                                  advice=advice)
+                                                  advice=advice, fallback=fallback)
     try:
         if madvise and m is model:
             res_mod.advise(m.gguf.mapping, madvise)
@@ -234,7 +234,8 @@ def run_profile(model, prompt: str, n: int = 16, backend: str = "numpy", weight_
                 "settings": {"backend": backend, "weight_cache": weight_cache, "device": device, "n": n,
                              "chat": chat, "faults": faults, "touch": touch, "prompt": prompt, "cold": cold,
                              "cached_after_evict": still_cached, "madvise": madvise},
-                "load_seconds": m.load_seconds, "recorder_overhead_ms": rec.overhead_ns / 1e6}
+                "load_seconds": m.load_seconds, "recorder_overhead_ms": rec.overhead_ns / 1e6,
+                "backend_errors": list(m.ops.errors)}
         res = {}
         if residency:
             res = {"page_size": res_mod.PAGE, "n_pages": rec.residency.n_pages, "samples": rec.samples,
