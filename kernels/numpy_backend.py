@@ -32,6 +32,7 @@ class NumpyBackend(Backend):
             raise ValueError(f"weight_cache must be one of {WEIGHT_CACHES}, not {weight_cache!r}")
         self.weight_cache = weight_cache
         self._cache: dict[int, np.ndarray] = {}
+        self._last_rotation: tuple = (None, None)
 
     def supports(self, op, qtype=None):
         return op in OPS and (qtype is None or can_dequantize(qtype))
@@ -77,8 +78,7 @@ class NumpyBackend(Backend):
         n, H, hd = x.shape
         n_rot = hd if n_rot is None else n_rot
         half = n_rot // 2
-        inv = theta_base ** (-np.arange(half, dtype=np.float64) * 2.0 / n_rot)
-        rot = np.exp(1j * (np.asarray(pos, np.float64)[:, None] * inv)).astype(np.complex64)[:, None, :]
+        rot = self._rotation(np.asarray(pos), theta_base, n_rot)  # (n, 1, half)
         out = x.copy()
         if mode == ROPE_NORM:
             z = np.ascontiguousarray(x[..., :n_rot]).view(np.complex64) * rot  # (n, H, half)
@@ -89,6 +89,16 @@ class NumpyBackend(Backend):
         else:
             raise ValueError(f"unknown rope mode {mode!r}")
         return out
+
+    def _rotation(self, pos: np.ndarray, theta_base: float, n_rot: int) -> np.ndarray:
+        """e^(i pos theta_j) as complex64 (n, 1, n_rot/2); the last one is reused, since every
+        layer's q and k rotate the same positions by the same bases."""
+        key = (pos.tobytes(), float(theta_base), n_rot)
+        if self._last_rotation[0] != key:
+            inv = theta_base ** (-np.arange(n_rot // 2, dtype=np.float64) * 2.0 / n_rot)
+            rot = np.exp(1j * (pos.astype(np.float64)[:, None] * inv)).astype(np.complex64)[:, None, :]
+            self._last_rotation = (key, rot)
+        return self._last_rotation[1]
 
     def attention(self, q, k, v, cache, layer, pos, scale, window=None):
         n, H, hd = q.shape

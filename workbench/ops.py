@@ -2,18 +2,21 @@
 
 The forward calls `ops.<op>(...)`. `Ops` routes each op to the backend chosen for it (a
 default backend, optionally overridden per op), falling back to numpy when the chosen
-backend does not support the op or the weight's type: the fallback shows in the profile.
+backend does not support the op or the weight's type, or (with `fallback_on_error`) when
+the backend fails it at run time: either way the fallback shows in the profile.
 
-When no recorder is attached, an op costs one `is None` check on top of the kernel.
+When no recorder is attached, an op costs three attribute checks on top of the kernel
+(resident device? fall back on errors? recorder?): within noise of no dispatch at all
+(`workbench overhead`).
 When one is (`workbench.record`), each op becomes one event with its timing, faults,
 FLOPs, weight bytes and the logical rows of each weight it read.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 import warnings
+
+import numpy as np
 
 from kernels.base import OPS, Backend, BackendError
 from kernels.numpy_backend import NumpyBackend
