@@ -29,23 +29,10 @@ import numpy as np
 
 from .base import ROPE_NEOX, ROPE_NORM
 from .numpy_backend import CHUNK_WEIGHTS, NumpyBackend
-from .qtypes import dequantize
+from .qtypes import _f16, _nibbles, dequantize
+from .qtypes import _q5_high_bits as _q5_high
 
 F32 = np.float32
-
-
-def _f16(blocks: np.ndarray, at: int) -> np.ndarray:
-    """The f16 at byte `at` of each block, as float32 (n, 1)."""
-    return np.ascontiguousarray(blocks[:, at : at + 2]).view(np.float16).astype(F32)
-
-
-def _nibbles(qs: np.ndarray) -> np.ndarray:
-    return np.concatenate([qs & 0x0F, qs >> 4], axis=1)
-
-
-def _q5_high(b: np.ndarray, at: int) -> np.ndarray:
-    qh = np.ascontiguousarray(b[:, at : at + 4]).view("<u4")
-    return (((qh >> np.arange(32, dtype=np.uint32)) & 1) << 4).astype(np.uint8)
 
 
 # per type: (uint8 -> quants and scale fields, numexpr expression). Same arithmetic, in the
