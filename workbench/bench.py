@@ -247,3 +247,45 @@ def run_overhead(model: str, n: int = 16, repeat: int = 5, weight_cache: str = "
             f"{100 * (base / med - 1):+.1f} % vs off")
     return {"model": model, "n_tokens": n, "repeat": repeat, "weight_cache": weight_cache, "modes": out,
             "machine": machine_info()}
+
+
+ELEMENTWISE = ("rms_norm", "rope", "silu_mul", "gelu_mul", "add", "scale", "softmax")
+
+
+def run_op_bench(backends=("numpy", "numexpr"), tokens=(1, 64, 256), width: int = 1536, heads: int = 9,
+                 head_dim: int = 64, repeat: int = 21, log=print) -> dict:
+    """Median time of each elementwise op per backend at decode and prefill sizes (inputs
+    shaped like SmolLM2's: FFN width 1536, 9 heads of 64), interleaved; ratio to the first."""
+    from .backends import make_backend
+    from kernels.base import ROPE_NORM
+
+    bes = [make_backend(b) for b in backends]
+    rng = np.random.default_rng(0)
+    results = []
+    for n in tokens:
+        x = rng.standard_normal((n, width)).astype(np.float32)
+        y = rng.standard_normal((n, width)).astype(np.float32)
+        w = rng.standard_normal(width).astype(np.float32)
+        q = rng.standard_normal((n, heads, head_dim)).astype(np.float32)
+        pos = np.arange(n)
+        calls = {
+            "rms_norm": lambda b: b.rms_norm(x, w, 1e-5), "rope": lambda b: b.rope(q, pos, 1e5, ROPE_NORM, head_dim),
+            "silu_mul": lambda b: b.silu_mul(x, y), "gelu_mul": lambda b: b.gelu_mul(x, y),
+            "add": lambda b: b.add(x, y), "scale": lambda b: b.scale(x, 0.5), "softmax": lambda b: b.softmax(x),
+        }
+        for op in ELEMENTWISE:
+            times = {b.name: [] for b in bes}
+            for b in bes:
+                calls[op](b)  # warm-up
+            for _ in range(repeat):
+                for b in bes:
+                    t = time.perf_counter_ns()
+                    calls[op](b)
+                    times[b.name].append(time.perf_counter_ns() - t)
+            med = {k: statistics.median(v) / 1e3 for k, v in times.items()}
+            row = {"op": op, "tokens": n, **{f"{k}_us": v for k, v in med.items()}}
+            for b in bes[1:]:
+                row[f"{b.name}_speedup"] = med[bes[0].name] / med[b.name]
+            results.append(row)
+            log("  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    return {"backends": list(backends), "repeat": repeat, "rows": results, "machine": machine_info()}

@@ -246,6 +246,22 @@ def cmd_overhead(args):
         atomic.write_json(args.out, report, indent=1)
 
 
+def cmd_op_bench(args):
+    from .bench import run_op_bench
+    from .instrument.analysis import format_table
+
+    backends = [b for b in args.backends.split(",") if b]
+    bad = [b for b in backends if b not in BACKENDS]
+    if bad:
+        raise CLIError(f"unknown backend(s) {bad}; available: {', '.join(BACKENDS)}")
+    report = run_op_bench(backends, tuple(args.tokens), repeat=args.repeat, log=lambda s: None)
+    print(format_table(report["rows"]))
+    if args.out:
+        from . import atomic
+
+        atomic.write_json(args.out, report, indent=1)
+
+
 def cmd_diff(args):
     from .instrument.analysis import diff, format_table
     from .profile import load_profile
@@ -376,6 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weight-cache", default="f32", choices=("none", "f32"))
     s.add_argument("--out", default=None)
     s.set_defaults(fn=cmd_overhead)
+
+    s = sub.add_parser("op-bench", help="elementwise ops per backend at decode and prefill sizes (medians)")
+    s.add_argument("--backends", default="numpy,numexpr")
+    s.add_argument("--tokens", type=_int_list, default=[1, 64, 256])
+    s.add_argument("--repeat", type=int, default=21)
+    s.add_argument("--out", default=None)
+    s.set_defaults(fn=cmd_op_bench)
 
     s = sub.add_parser("diff", help="compare two saved profiles group by group")
     s.add_argument("a")
