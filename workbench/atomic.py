@@ -21,52 +21,40 @@ from typing import Any, Iterator
 
 
 class _TermGuard:
-    """SIGTERM handler for the duration of the outermost atomic write: the first signal raises
-    SystemExit; once disarmed (cleaning up) a signal is only remembered, and raised after."""
+    """SIGTERM handler for the duration of the outermost atomic write. It raises SystemExit
+    only while `armed` (inside the write's body, where a cleanup is sure to run); at any
+    other moment it remembers the signal and `_sigterm_as_exit` raises it once done."""
 
     def __init__(self):
-        self.armed = True
+        self.armed = False
         self.pending = False
 
     def __call__(self, signum, frame):
         if self.armed:
-            self.armed = False
+            self.armed = False  # at most once
             raise SystemExit(128 + signum)
         self.pending = True
-
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
-        """No SystemExit inside this block (a cleanup); a SIGTERM that came meanwhile is raised after."""
-        was, self.armed = self.armed, False
-        try:
-            yield
-        finally:
-            if was:
-                self.armed = True
-                if self.pending:
-                    self.armed = self.pending = False
-                    raise SystemExit(128 + signal.SIGTERM)
 
 
 _guard: _TermGuard | None = None
 
 
 @contextlib.contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
+def _sigterm_as_exit() -> Iterator[_TermGuard | None]:
     global _guard
     if (_guard is not None or threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
-        yield  # nested, not the main thread, or the program handles SIGTERM itself
+        yield None  # nested, not the main thread, or the program handles SIGTERM itself
         return
     guard = _guard = _TermGuard()
     signal.signal(signal.SIGTERM, guard)
     try:
-        yield
+        yield guard
     finally:
         guard.armed = False
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         _guard = None
-    if guard.pending:  # SIGTERM while finishing a write that completed: honour it now
+    if guard.pending:  # SIGTERM outside the armed window: honour it now that the write is done
         raise SystemExit(128 + signal.SIGTERM)
 
 
@@ -103,24 +91,28 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     the temporary file is removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _sigterm_as_exit():
+    with _sigterm_as_exit() as guard:
         fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         tmp = Path(name)
         try:
             try:
-                os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+                if guard is not None:
+                    guard.armed = True  # from here a SIGTERM exits through the cleanup below
+                try:
+                    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+                finally:
+                    os.close(fd)
+                yield tmp
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
             finally:
-                os.close(fd)
-            yield tmp
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
+                if guard is not None:
+                    guard.armed = False  # the cleanup is not cut short; a signal now waits
             _fsync_dir(target.parent)
         finally:
-            # a SIGTERM now must not cut the cleanup short
-            with _guard.hold() if _guard is not None else contextlib.nullcontext():
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
 
 def write_text(target: str | os.PathLike, text: str) -> None:
