@@ -134,8 +134,19 @@ class Profile:
                       f"{tb / 1e6:.1f} MB of {tot / 1e6:.1f} MB of tensor data was read at least once "
                       f"({100 * tb / tot:.1f} %). Partly read tensors: "
                       + (", ".join(f"{t['tensor']} ({t['rows_touched']} of {t['rows']} rows)" for t in partial) or "none")
-                      + ".", ""]
+                      + "."]
+            lines += [f"- {op} read {len(rows)} of {self.tensors[name]['rows']} rows of {name} "
+                      f"({len(rows) * self.tensors[name]['row_bytes'] / 1e3:.1f} kB)"
+                      for (op, name), rows in self._rows_per_op().items()] + [""]
         return "\n".join(lines)
+
+    def _rows_per_op(self) -> dict[tuple[str, str], set]:
+        """Ops that read only some rows of a weight (e.g. the embedding lookup): (op, tensor) -> rows."""
+        out: dict = {}
+        for e in self.events:
+            if e.get("rows") is not None and e.get("tensor") in self.tensors:
+                out.setdefault((e["op"], e["tensor"]), set()).update(e["rows"])
+        return out
 
     def _touch_layers_text(self) -> list[str]:
         tl = self.touch_layers()
