@@ -126,12 +126,12 @@ def run_bench(model: str, backends=("numpy",), weight_cache: str = "f32", peer: 
     engines = [our_engine(path, b, weight_cache if b in ("numpy", "numexpr") else "none") for b in backends]
     if peer:
         engines.append(llama_cpp_engine(path, threads))
-    n_vocab_safe = 1000 + rng.integers(0, 20000, size=max(pp + (16,)))
+    ids = 1000 + rng.integers(0, 20000, size=max(pp + (16,)))  # ordinary tokens of both vocabularies
     workloads = [(f"pp{n}", "pp", n) for n in pp] + [(f"tg{n}", "tg", n) for n in tg]
     results: dict = {e.name: {} for e in engines}
     try:
         for wname, kind, n in workloads:
-            toks = [int(t) for t in n_vocab_safe[:n]] if kind == "pp" else [int(t) for t in n_vocab_safe[:8]]
+            toks = [int(t) for t in ids[: n if kind == "pp" else 8]]
             runs = {e.name: [] for e in engines}
             for e in engines:  # warm-up, excluded
                 e.run_pp(toks) if kind == "pp" else e.run_tg(toks, min(n, 4))
