@@ -517,6 +517,20 @@ class Tokenizer:
     # ------------------------------------------------------------------ decoding
 
     def _piece_text(self, i: int) -> bytes:
+        """The piece as llama.cpp's token_to_piece(special=true) builds it: special and
+        user-defined tokens as written, byte tokens as their byte, normal tokens decoded the
+        vocabulary type's way (`_normal_text`)."""
+        a = int(self._attr[i])
+        text = self.tokens[i]
+        if a & (_ATTR_SPECIAL | ATTR_USER_DEFINED):
+            return text.encode("utf-8")
+        if a & ATTR_NORMAL:
+            return self._normal_text(text)
+        if a & ATTR_BYTE:
+            return bytes([int(text[3:5], 16)])
+        return b""
+
+    def _normal_text(self, text: str) -> bytes:
         raise NotImplementedError
 
     def piece_bytes(self, id: int, special: bool = True) -> bytes:
@@ -600,24 +614,17 @@ class _BPETokenizer(Tokenizer):
                 ids = hf.encode(frag, add_special_tokens=False).ids
                 out.extend(i for i in ids if i < n)   # bytes the vocabulary lacks are dropped
 
-    def _piece_text(self, i: int) -> bytes:
-        a = int(self._attr[i])
-        text = self.tokens[i]
-        if a & (_ATTR_SPECIAL | ATTR_USER_DEFINED):
-            return text.encode("utf-8")
-        if a & ATTR_NORMAL:
-            out = bytearray()
-            dec = _UNICODE_TO_BYTE
-            for c in text:
-                b = dec.get(c)
-                if b is None:   # llama_decode_text's marker for a character outside the byte map
-                    out += b"[UNK_BYTE_0x" + c.encode("utf-8").hex().encode() + text.encode("utf-8") + b"]"
-                else:
-                    out.append(b)
-            return bytes(out)
-        if a & ATTR_BYTE:
-            return bytes([int(text[3:5], 16)])
-        return b""
+    def _normal_text(self, text: str) -> bytes:
+        """Byte-level BPE: each character stands for one byte (llama_decode_text)."""
+        out = bytearray()
+        dec = _UNICODE_TO_BYTE
+        for c in text:
+            b = dec.get(c)
+            if b is None:   # llama_decode_text's marker for a character outside the byte map
+                out += b"[UNK_BYTE_0x" + c.encode("utf-8").hex().encode() + text.encode("utf-8") + b"]"
+            else:
+                out.append(b)
+        return bytes(out)
 
 
 def _build_hf_bpe(vocab: dict[str, int], merges: Sequence[str], family: str, ignore_merges: bool):
@@ -769,16 +776,9 @@ class _SPMTokenizer(Tokenizer):
                     out.append(self._byte_token(b))
             i = nxt[i]
 
-    def _piece_text(self, i: int) -> bytes:
-        a = int(self._attr[i])
-        text = self.tokens[i]
-        if a & (_ATTR_SPECIAL | ATTR_USER_DEFINED):
-            return text.encode("utf-8")
-        if a & ATTR_NORMAL:
-            return text.replace(SPACE_MARK, " ").encode("utf-8")
-        if a & ATTR_BYTE:
-            return bytes([int(text[3:5], 16)])
-        return b""
+    def _normal_text(self, text: str) -> bytes:
+        """SentencePiece: ▁ marks a space."""
+        return text.replace(SPACE_MARK, " ").encode("utf-8")
 
 
 # ====================================================================== streaming
