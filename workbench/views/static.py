@@ -28,6 +28,12 @@ def save_png(ax_or_axes, path: str | os.PathLike, dpi: int = 100, close: bool = 
     return path
 
 
+# every file profile_views may name: a saved profile owns them (atomic_dir drops an old one
+# the new set does not draw)
+VIEW_FILES = ("op_cost.png", "layer_cost.png", "timeline.png", "touch_map.png", "touch_layers.png",
+              "fault_estimates.png")
+
+
 def profile_views(profile) -> list[tuple[str, callable]]:
     """The key views of a profile as (file name, function drawing it); only those the
     profile has data for."""
