@@ -52,3 +52,16 @@ def gemma3_path() -> Path:
 @pytest.fixture(scope="session")
 def gemma3(gemma3_path):
     yield from _loaded(gemma3_path)
+
+
+@pytest.fixture(scope="module")
+def jupyter_home(tmp_path_factory):
+    """Throw-away Jupyter/IPython/matplotlib config, data and runtime dirs for servers, kernels
+    and browsers started by the test module: nothing is read from or written to ~."""
+    base = tmp_path_factory.mktemp("jupyter-home")
+    with pytest.MonkeyPatch.context() as mp:
+        for var, sub in [("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
+                         ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython"), ("MPLCONFIGDIR", "mpl")]:
+            mp.setenv(var, str(base / sub))
+        mp.delenv("MPLBACKEND", raising=False)
+        yield base

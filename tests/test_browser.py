@@ -49,19 +49,7 @@ def shots(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def isolated(tmp_path_factory):
-    """Server, kernels and browser use throw-away config/data/runtime dirs, not ~."""
-    base = tmp_path_factory.mktemp("jupyter-home")
-    with pytest.MonkeyPatch.context() as mp:
-        for var, sub in [("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
-                         ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython"), ("MPLCONFIGDIR", "mpl")]:
-            mp.setenv(var, str(base / sub))
-        mp.delenv("MPLBACKEND", raising=False)
-        yield base
-
-
-@pytest.fixture(scope="module")
-def browser(isolated, tmp_path_factory):
+def browser(jupyter_home, tmp_path_factory):
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -82,7 +70,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def lab(browser, isolated, tmp_path_factory):
+def lab(browser, jupyter_home, tmp_path_factory):
     pytest.importorskip("jupyterlab")
     base = tmp_path_factory.mktemp("lab")
     root = base / "root"

@@ -23,18 +23,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def isolated_kernel_env(tmp_path_factory):
-    """Kernels get throw-away Jupyter/IPython/matplotlib dirs (nothing read from or written to ~)."""
-    base = tmp_path_factory.mktemp("jupyter-home")
-    with pytest.MonkeyPatch.context() as mp:
-        for var, sub in [("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
-                         ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython"), ("MPLCONFIGDIR", "mpl")]:
-            mp.setenv(var, str(base / sub))
-        mp.delenv("MPLBACKEND", raising=False)
-        yield base
-
-
-@pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     d = os.environ.get("NBTEST_ARTIFACTS")
     out = Path(d) / "notebooks" if d else tmp_path_factory.mktemp("executed")
@@ -88,7 +76,7 @@ def run(name, tmp_path, artifacts) -> Outputs:
     return out
 
 
-def test_01_quickstart(tmp_path, artifacts, isolated_kernel_env):
+def test_01_quickstart(tmp_path, artifacts, jupyter_home):
     out = run("01_quickstart.ipynb", tmp_path, artifacts)
     assert "llama: 30 layers, width 576, 9 heads, vocabulary 49152" in out.stdout
     assert "Paris" in out.stdout  # greedy continuation of "The capital of France is"
@@ -99,7 +87,7 @@ def test_01_quickstart(tmp_path, artifacts, isolated_kernel_env):
     assert out.number(r"decode: ([\d.]+) tok/s") > 0.3
 
 
-def test_02_load_time(tmp_path, artifacts, isolated_kernel_env):
+def test_02_load_time(tmp_path, artifacts, jupyter_home):
     out = run("02_load_time.ipynb", tmp_path, artifacts)
     assert out.number(r"(\d+) trials;") == 14
     for s in ("read", "mmap ", "mmap+populate", "mmap+willneed", "mmap+touch"):
@@ -109,7 +97,7 @@ def test_02_load_time(tmp_path, artifacts, isolated_kernel_env):
     assert len(out.widget_fallbacks) == 1
 
 
-def test_03_which_weights_are_touched(tmp_path, artifacts, isolated_kernel_env):
+def test_03_which_weights_are_touched(tmp_path, artifacts, jupyter_home):
     out = run("03_which_weights_are_touched.ipynb", tmp_path, artifacts)
     # warm cache: faults x 4 KiB says a small fraction; the logical truth says everything
     logical = out.number(r"logical truth\s+=\s+([\d.]+) MB of")
@@ -126,7 +114,7 @@ def test_03_which_weights_are_touched(tmp_path, artifacts, isolated_kernel_env):
     assert len(out.widget_fallbacks) == 1
 
 
-def test_04_per_op_profiling(tmp_path, artifacts, isolated_kernel_env):
+def test_04_per_op_profiling(tmp_path, artifacts, jupyter_home):
     out = run("04_per_op_profiling.ipynb", tmp_path, artifacts)
     assert "'op': 'matmul'" in out.texts and "'phase': 'decode'" in out.texts  # one event, shown
     assert "'profile.json'" in out.stdout and "'trace.json'" in out.stdout and "'summary.md'" in out.stdout
@@ -137,7 +125,7 @@ def test_04_per_op_profiling(tmp_path, artifacts, isolated_kernel_env):
     assert len(out.widget_fallbacks) == 1
 
 
-def test_06_sparsity(tmp_path, artifacts, isolated_kernel_env):
+def test_06_sparsity(tmp_path, artifacts, jupyter_home):
     out = run("06_sparsity.ipynb", tmp_path, artifacts)
     assert 0.5 < out.number(r"share of all weights with \|w\| < 0.01: ([\d.]+) %") < 30
     assert out.number(r"captured (\d+) layers") == 30
@@ -147,7 +135,7 @@ def test_06_sparsity(tmp_path, artifacts, isolated_kernel_env):
     assert len(out.widget_fallbacks) == 2
 
 
-def test_05_opencl_gpu(tmp_path, artifacts, isolated_kernel_env):
+def test_05_opencl_gpu(tmp_path, artifacts, jupyter_home):
     pytest.importorskip("pyopencl", reason="the opencl backend needs pyopencl and a device")
     out = run("05_opencl_gpu.ipynb", tmp_path, artifacts)
     assert "device 0: " in out.stdout and "picked by default: " in out.stdout
@@ -173,7 +161,7 @@ def test_05_opencl_gpu(tmp_path, artifacts, isolated_kernel_env):
     assert len(out.widget_fallbacks) == 1
 
 
-def test_07_sparse_loading(tmp_path, artifacts, isolated_kernel_env):
+def test_07_sparse_loading(tmp_path, artifacts, jupyter_home):
     out = run("07_sparse_loading.ipynb", tmp_path, artifacts)
     assert out.number(r"(\d+) layers x \d+ tokens") == 30
     assert out.number(r"x (\d+) FFN neurons") == 1536
