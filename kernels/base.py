@@ -69,5 +69,10 @@ class Backend:
     def to_host(self, x):
         return x
 
+    def resources(self) -> dict:
+        """Counts of what this backend holds (device buffers, pool blocks): what a soak
+        watches for leaks. Host memory is the process's RSS."""
+        return {}
+
     def close(self) -> None:
         pass

@@ -16,6 +16,9 @@ CASES = [
     # backends
     ("backend-unknown", ["generate", TINY, "--prompt", "x", "--backend", "cuda"], 2, "invalid choice: 'cuda'"),
     ("bench-backends-unknown", ["bench", TINY, "--backends", "numpy,cuda"], 1, "unknown backend(s) ['cuda']"),
+    ("soak-backends-unknown", ["soak", TINY, "--backends", "cuda", "--minutes", "0.01"], 1,
+     "unknown backend(s) ['cuda']"),
+    ("soak-minutes-zero", ["soak", TINY, "--minutes", "0"], 2, "must be > 0, got 0"),
     ("weight-cache-unknown", ["generate", TINY, "--prompt", "x", "--weight-cache", "f16"], 2, "invalid choice: 'f16'"),
     # token ids
     ("token-id-out-of-range", ["logits", TINY, "--token-ids", "1,99999", "--out", FILE], 1,

@@ -246,6 +246,22 @@ def cmd_overhead(args):
         atomic.write_json(args.out, report, indent=1)
 
 
+def cmd_soak(args):
+    from .soak import format_summary, run_soak
+
+    backends = [b for b in args.backends.split(",") if b]
+    bad = [b for b in backends if b not in BACKENDS]
+    if bad or not backends:
+        raise CLIError(f"unknown backend(s) {bad}; available: {', '.join(BACKENDS)}")
+    report = run_soak(args.models, backends, args.minutes, weight_cache=args.weight_cache, n_gen=args.n,
+                      log=lambda s: print(s, file=sys.stderr))
+    print(format_summary(report))
+    if args.out:
+        from . import atomic
+
+        atomic.write_json(args.out, report, indent=1)
+
+
 def cmd_op_bench(args):
     from .bench import run_op_bench
     from .instrument.analysis import format_table
@@ -399,6 +415,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeat", type=int, default=21)
     s.add_argument("--out", default=None)
     s.set_defaults(fn=cmd_op_bench)
+
+    s = sub.add_parser("soak", help="repeated generate + profile in one process; RSS and device buffers per round")
+    s.add_argument("models", nargs="+", help="registry names or GGUF paths")
+    s.add_argument("--backends", default="numpy", help="comma-separated backends (default numpy)")
+    s.add_argument("--minutes", type=_number(lambda v: v > 0, "> 0"), default=30.0)
+    s.add_argument("-n", type=_positive_int, default=24, help="tokens generated per round")
+    s.add_argument("--weight-cache", default="f32", choices=("none", "f32"), help="for the CPU backends")
+    s.add_argument("--out", default=None, help="write the JSON report here")
+    s.set_defaults(fn=cmd_soak)
 
     s = sub.add_parser("diff", help="compare two saved profiles group by group")
     s.add_argument("a")
