@@ -382,6 +382,10 @@ class OpenCLBackend(Backend):
         """Bytes of weights this backend has made buffers for."""
         return sum(w.data.nbytes for w, _ in self._weights.values() if w.data is not None)
 
+    def resources(self) -> dict:
+        return {"weight_buffers": len(self._weights), "pool_held_blocks": self.pool.held_blocks,
+                "pool_active_blocks": self.pool.active_blocks, "kernel_events_kept": len(self.kernel_events)}
+
     def to_host(self, x):
         """numpy for a CLArray (waits for the queue); anything else as it is."""
         if isinstance(x, CLArray):
