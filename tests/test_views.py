@@ -350,6 +350,82 @@ def test_activation_sparsity_known_fractions():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "\u2423b", "\\n"]
 
 
+# ---- sparse loading ---------------------------------------------------------------------
+
+def _known_activations():
+    """(3 layers, 4 tokens, 10 neurons): neuron j of layer L has |a| = (j + 1) / 10 when
+    (j + L + token) is even, else 0.001 (inactive at t = 0.01)."""
+    L, T, N = np.meshgrid(np.arange(3), np.arange(4), np.arange(10), indexing="ij")
+    return np.where((N + L + T) % 2 == 0, (N + 1) / 10, 0.001).astype(np.float32)
+
+
+def test_near_zero_by_layer_lines():
+    a = _known_activations()
+    ax = views.plot_near_zero_by_layer(a, thresholds=(0.01, 0.35))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["|a| < 0.01", "|a| < 0.35"]
+    for line, t in zip(ax.lines, (0.01, 0.35)):
+        np.testing.assert_array_equal(line.get_xdata(), [0, 1, 2])
+        below = [np.mean([sum(abs(a[L, T, j]) < t for j in range(10)) for T in range(4)]) / 10 for L in range(3)]
+        np.testing.assert_allclose(line.get_ydata(), below)
+    # t = 0.01: the half at 0.001; t = 0.35 adds the active ones of j = 0, 1, 2 (2 or 1 per token)
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), 0.5)
+    np.testing.assert_allclose(ax.lines[1].get_ydata(), 0.65)
+    assert "10 neurons" in ax.get_ylabel()
+
+
+def test_neuron_frequency_sorted_shares():
+    a = _known_activations()
+    a[1, :, 9] = 0.0  # layer 1, neuron 9: never active
+    ax = views.plot_neuron_frequency(a, layers=(0, 1), t=0.01)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["layer 0", "layer 1"]
+    for line, L in zip(ax.lines, (0, 1)):
+        share = [sum(abs(a[L, T, j]) >= 0.01 for T in range(4)) / 4 for j in range(10)]
+        np.testing.assert_allclose(line.get_ydata(), sorted(share, reverse=True))
+    assert ax.lines[1].get_ydata()[-1] == 0.0
+
+
+def test_activation_stability_jaccard():
+    a = _known_activations()
+    a[2, 3] = 0.5  # layer 2, last token: every neuron active
+    ax = views.plot_activation_stability(a, t=0.01, top_fraction=0.2)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["|a| >= 0.01", "top 20 % (2 largest |a|)"]
+
+    def jaccard(x, y):
+        return len(x & y) / len(x | y) if x | y else 1.0
+
+    def sets(L, active):
+        return [{j for j in range(10) if active(L, T, j)} for T in range(4)]
+
+    above = lambda L, T, j: abs(a[L, T, j]) >= 0.01
+    top2 = lambda L, T, j: j in np.argsort(-np.abs(a[L, T]), kind="stable")[:2]
+    for line, active in zip(ax.lines, (above, top2)):
+        want = [np.mean([jaccard(s[T], s[T - 1]) for T in range(1, 4)]) for s in (sets(L, active) for L in range(3))]
+        np.testing.assert_allclose(line.get_ydata(), want)
+    # alternating halves never overlap; layer 2's last token overlaps the previous half fully
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [0, 0, (0 + 0 + 0.5) / 3])
+
+
+def test_policy_sweep_panels():
+    rows = [{"policy": f"threshold(t={t:g})", "kl_mean": kl, "neurons_used": u, "gate_up_bytes": u,
+             "down_bytes": d, "gguf_bytes": gb, "gguf_pages": gp, "bundle_bytes": u, "bundle_pages": bp}
+            for t, kl, u, d, gb, gp, bp in [(0.005, 1e-4, 0.9, 1.0, 0.95, 1.0, 0.97),
+                                            (0.05, 1e-2, 0.5, 0.98, 0.7, 0.99, 0.8)]]
+    axs = views.plot_policy_sweep(rows)
+    assert len(axs) == 2
+    left = {l.get_label(): l for l in axs[0].lines}
+    np.testing.assert_allclose(left["pages of the GGUF file"].get_xdata(), [1.0, 0.99])
+    np.testing.assert_allclose(left["pages, bundled layout"].get_xdata(), [0.97, 0.8])
+    np.testing.assert_allclose(left["logical bytes, GGUF layout (ffn_down by blocks)"].get_xdata(), [0.95, 0.7])
+    for line in axs[0].lines:
+        np.testing.assert_allclose(line.get_ydata(), [1e-4, 1e-2])
+    assert axs[0].get_yscale() == "log"
+    assert [t.get_text() for t in axs[0].texts] == ["t=0.005", "t=0.05"]
+    right = {l.get_label(): l for l in axs[1].lines}
+    np.testing.assert_allclose(right["ffn_down column blocks"].get_xdata(), [0.9, 0.5])
+    np.testing.assert_allclose(right["ffn_down column blocks"].get_ydata(), [1.0, 0.98])
+    np.testing.assert_allclose(right["ffn_gate + ffn_up rows"].get_ydata(), [0.9, 0.5])
+
+
 # ---- load time ------------------------------------------------------------------------
 
 def _run(strategy, cold, threads=1, seconds=0.1):
@@ -414,6 +490,38 @@ def test_backend_comparison_synthetic(syn):
     assert "0 (exact)" in texts(axs[1])
     axs = views.plot_backend_comparison({"a": syn})
     assert "no error measurements" in texts(axs[1])
+
+
+def _device_timed(profile):
+    """A copy of the synthetic profile whose matmuls ran on a device: device time = wall / 4."""
+    other = synthetic_profile()
+    for e in other.events:
+        e["device_ns"] = e["wall_ns"] // 4 if e["op"] == "matmul" else -1
+    return other
+
+
+def test_table_device_ms(syn):
+    assert all("device_ms" not in r for r in syn.table("op"))  # no device times: no column
+    rows = {r["op"]: r for r in _device_timed(syn).table("op", "decode")}
+    want = sum(e["wall_ns"] // 4 for e in syn.events if e["op"] == "matmul" and e["phase"] == "decode") / MS
+    assert rows["matmul"]["device_ms"] == pytest.approx(want) == pytest.approx(14 * 2 / 4)
+    assert rows["attention"]["device_ms"] is None
+
+
+def test_host_device_bars(syn):
+    prof = _device_timed(syn)
+    ax = views.plot_host_device(prof, phase="decode")
+    ops = [t.get_text() for t in ax.get_yticklabels()]
+    assert ops == ["matmul", "attention", "rms_norm", "embed", "silu_mul"]  # most host time first
+    dec = [e for e in syn.events if e["phase"] == "decode"]
+    host = [np.mean([e["wall_ns"] for e in dec if e["op"] == op]) / 1e3 for op in ops]
+    widths = bar_values(ax)
+    np.testing.assert_allclose(widths[:len(ops)], host)  # host bars, then the device bars that exist
+    assert len(widths) == len(ops) + 1
+    mm = [e["wall_ns"] // 4 for e in dec if e["op"] == "matmul"]
+    assert widths[-1] == pytest.approx(sum(mm) / len(mm) / 1e3)
+    assert ax.get_xscale() == "log" and "microseconds per call" in ax.get_xlabel()
+    assert "no device times" in views.plot_host_device(syn).get_title()
 
 
 def test_op_errors_numpy_weight_cache(smollm2_path):

@@ -250,16 +250,31 @@ def run_overhead(model: str, n: int = 16, repeat: int = 5, weight_cache: str = "
 
 
 ELEMENTWISE = ("rms_norm", "rope", "silu_mul", "gelu_mul", "add", "scale", "softmax")
+OP_BENCH_BACKENDS = ("numpy", "numexpr", "numexpr-forced", "opencl")
 
 
-def run_op_bench(backends=("numpy", "numexpr"), tokens=(1, 64, 256), width: int = 1536, heads: int = 9,
-                 head_dim: int = 64, repeat: int = 21, log=print) -> dict:
-    """Median time of each elementwise op per backend at decode and prefill sizes (inputs
-    shaped like SmolLM2's: FFN width 1536, 9 heads of 64), interleaved; ratio to the first."""
+def _op_bench_backend(spec: str):
+    """A backend by name; "numexpr-forced" is numexpr with every size sent to numexpr."""
     from .backends import make_backend
+
+    if spec == "numexpr-forced":
+        from kernels.numexpr_backend import NumexprBackend
+
+        be = NumexprBackend(min_size=0)
+        be.name = "numexpr-forced"
+        return be
+    return make_backend(spec)
+
+
+def run_op_bench(backends=("numpy", "numexpr", "numexpr-forced"), tokens=(1, 64, 256), width: int = 1536,
+                 heads: int = 9, head_dim: int = 64, repeat: int = 21, log=print) -> dict:
+    """Median time of each elementwise op per backend at decode and prefill sizes (inputs
+    shaped like SmolLM2's: FFN width 1536, 9 heads of 64), interleaved; ratio to the first.
+    "numexpr" runs as configured (its per-op size rule picks numexpr or numpy's code; the
+    row's `numexpr_path` says which); "numexpr-forced" runs numexpr at every size."""
     from kernels.base import ROPE_NORM
 
-    bes = [make_backend(b) for b in backends]
+    bes = [_op_bench_backend(b) for b in backends]
     rng = np.random.default_rng(0)
     results = []
     for n in tokens:
@@ -278,7 +293,7 @@ def run_op_bench(backends=("numpy", "numexpr"), tokens=(1, 64, 256), width: int 
             for b in bes:
                 calls[op](b)  # warm-up
             for _ in range(repeat):
-                for b in bes:
+                for b in bes:  # interleaved: A B C A B C
                     t = time.perf_counter_ns()
                     calls[op](b)
                     times[b.name].append(time.perf_counter_ns() - t)
@@ -286,6 +301,16 @@ def run_op_bench(backends=("numpy", "numexpr"), tokens=(1, 64, 256), width: int 
             row = {"op": op, "tokens": n, **{f"{k}_us": v for k, v in med.items()}}
             for b in bes[1:]:
                 row[f"{b.name}_speedup"] = med[bes[0].name] / med[b.name]
+            for b in bes:
+                if b.name == "numexpr":
+                    size = (q if op == "rope" else x).size
+                    row["numexpr_path"] = "numexpr" if b.uses_numexpr(op, size) else "numpy"
             results.append(row)
             log("  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-    return {"backends": list(backends), "repeat": repeat, "rows": results, "machine": machine_info()}
+    for b in bes:
+        b.close()
+    import numexpr
+
+    return {"backends": list(backends), "repeat": repeat, "rows": results, "machine": machine_info(),
+            "numexpr": {"version": numexpr.__version__, "threads": numexpr.get_num_threads(),
+                        "vml": bool(numexpr.use_vml)}}

@@ -263,14 +263,17 @@ def cmd_soak(args):
 
 
 def cmd_op_bench(args):
-    from .bench import run_op_bench
+    from .bench import OP_BENCH_BACKENDS, run_op_bench
     from .instrument.analysis import format_table
 
     backends = [b for b in args.backends.split(",") if b]
-    bad = [b for b in backends if b not in BACKENDS]
+    bad = [b for b in backends if b not in OP_BENCH_BACKENDS]
     if bad:
-        raise CLIError(f"unknown backend(s) {bad}; available: {', '.join(BACKENDS)}")
+        raise CLIError(f"unknown backend(s) {bad}; available: {', '.join(OP_BENCH_BACKENDS)}")
     report = run_op_bench(backends, tuple(args.tokens), repeat=args.repeat, log=lambda s: None)
+    ne = report["numexpr"]
+    print(f"{args.repeat} interleaved runs per cell, medians; numexpr {ne['version']}, {ne['threads']} threads, "
+          f"VML {'on' if ne['vml'] else 'off'}; numexpr_path: what the numexpr backend ran at that size")
     print(format_table(report["rows"]))
     if args.out:
         from . import atomic
@@ -410,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_overhead)
 
     s = sub.add_parser("op-bench", help="elementwise ops per backend at decode and prefill sizes (medians)")
-    s.add_argument("--backends", default="numpy,numexpr")
+    s.add_argument("--backends", default="numpy,numexpr,numexpr-forced",
+                   help="numpy, numexpr (its size rule), numexpr-forced (numexpr at every size), opencl")
     s.add_argument("--tokens", type=_int_list, default=[1, 64, 256])
     s.add_argument("--repeat", type=int, default=21)
     s.add_argument("--out", default=None)

@@ -16,12 +16,21 @@ def _key(e: dict, by: str):
     return e[by]
 
 
+def _device_ns(e: dict) -> int | None:
+    """The device time of an op's kernels and copies, None where the op has none (-1 when recorded)."""
+    ns = e.get("device_ns", -1)
+    return None if ns is None or ns < 0 else ns
+
+
 def table(events: list[dict], by: str = "op", phase: str | None = None) -> list[dict]:
-    """One row per group: count, time and its share, CPU time, weight bytes, GB/s, GFLOP/s, faults."""
+    """One row per group: count, time and its share, CPU time, weight bytes, GB/s, GFLOP/s, faults.
+    Where some op has a device time (OpenCL profiling events), also `device_ms`: the sum of
+    the group's device times, None for a group without any."""
     if by not in KEYS:
         raise ValueError(f"group by one of {KEYS}, not {by!r}")
     evs = [e for e in events if phase is None or e["phase"] == phase]
     total = sum(e["wall_ns"] for e in evs) or 1
+    timed = any(_device_ns(e) is not None for e in evs)
     groups: dict = defaultdict(list)
     for e in evs:
         groups[_key(e, by)].append(e)
@@ -37,6 +46,9 @@ def table(events: list[dict], by: str = "op", phase: str | None = None) -> list[
             "minflt": sum(max(e["minflt"], 0) for e in es), "majflt": sum(max(e["majflt"], 0) for e in es),
             "fallbacks": sum(1 for e in es if e.get("fallback")),
         })
+        if timed:
+            dev = [ns for ns in map(_device_ns, es) if ns is not None]
+            rows[-1]["device_ms"] = sum(dev) / 1e6 if dev else None
     rows.sort(key=lambda r: -r["wall_ms"])
     return rows
 

@@ -4,6 +4,7 @@
     plot_op_cost(prof, by="layer")          the same per transformer layer
     plot_layer_cost(prof, phase="decode")   per layer, stacked by op kind
     plot_token_timeline(prof)               one forward pass: one row per layer, ops as spans
+    plot_host_device(prof)                  per op kind: host time beside device time per call
 
 All take a Profile (or anything with `.events` and `.meta`) and return the Axes drawn on.
 """
@@ -226,4 +227,46 @@ def plot_token_timeline(profile, index: int | None = None, phase: str | None = N
     ax.set_title(f"Timeline of one forward pass: {pass_label(p)}, {dur:.1f} ms, {len(evs)} ops\n"
                  f"{model_label(profile)}", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
+    return ax
+
+
+HOST_DEVICE_COLORS = {"host": "#4c72b0", "device": "#dd8452"}
+
+
+def host_device_rows(events: list[dict], phase: str | None = "decode", by: str = "op") -> list[dict]:
+    """Per group (op kind, ...) of one phase, most host time first: calls, host time per call (the
+    op's wall time) and device time per call (its kernels and copies, from OpenCL profiling
+    events) in microseconds, and the device share of the host time; the device values are
+    None for a group without device times."""
+    rows = []
+    for r in analysis.table(events, by, phase):
+        dev = r.get("device_ms")
+        rows.append({by: r[by], "calls": r["count"], "host_us_per_call": 1e3 * r["wall_ms"] / r["count"],
+                     "device_us_per_call": None if dev is None else 1e3 * dev / r["count"],
+                     "device_share": None if dev is None or not r["wall_ms"] else dev / r["wall_ms"]})
+    return rows
+
+
+def plot_host_device(profile, phase: str | None = "decode", by: str = "op", ax=None):
+    """Bars per group, log scale: host time per call (enqueue, copies, scheduling, the wait)
+    beside device time per call (the kernels and copies themselves). Groups that ran on the
+    host (no device time) show only the host bar."""
+    rows = host_device_rows(profile.events, phase, by)
+    ax = axes(ax, figsize=(8, max(2.5, 0.45 * len(rows) + 1.6)))
+    y = np.arange(len(rows))
+    timed = [i for i, r in enumerate(rows) if r["device_us_per_call"] is not None]
+    ax.barh(y - 0.2, [r["host_us_per_call"] for r in rows], 0.4, color=HOST_DEVICE_COLORS["host"],
+            label="host (wall time of the op)")
+    ax.barh(y[timed] + 0.2, [rows[i]["device_us_per_call"] for i in timed], 0.4, color=HOST_DEVICE_COLORS["device"],
+            label="device (OpenCL profiling events)")
+    ax.set_yticks(y, [str(r[by]) for r in rows])
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel(f"microseconds per call, {phase or 'all phases'} (log scale)")
+    ax.set_ylabel(_BY_LABEL.get(by, by))
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    note = "" if timed else " (no device times in this profile)"
+    ax.set_title(f"Host vs device time per call, by {_BY_LABEL.get(by, by).split(' (')[0]}{note}\n"
+                 f"{model_label(profile)}", fontsize=10)
     return ax
