@@ -7,7 +7,10 @@ For each engine (our backends, then the peer through llama-cpp-python) and each 
 steps after a short prompt) the runs are interleaved A B A B so machine drift cancels.
 Warm-up runs are excluded. The report has medians with min/max, run counts, ratios to
 the peer, the machine's measured memory bandwidth and each engine's fraction of the
-bandwidth bound for the bytes one generated token must read.
+bandwidth bound for the bytes one generated token must read; for prompt processing, the
+fraction of the machine's measured float32 GEMM peak that the workload's FLOPs reach.
+Load to first token (cold: file evicted from the page cache first; warm) and the peak RSS
+are measured per engine in fresh processes (`first_token_trial`), interleaved too.
 """
 
 from __future__ import annotations
@@ -36,6 +39,133 @@ def memory_bandwidth(nbytes: int = 1 << 28, repeat: int = 5) -> dict:
         np.copyto(b, a)
         copies.append(2 * nbytes / (time.perf_counter() - t) / 1e9)
     return {"read_GBps": max(reads), "copy_GBps": max(copies), "bytes": nbytes, "repeat": repeat}
+
+
+def gemm_peak(n: int = 1024, repeat: int = 5) -> dict:
+    """float32 GEMM FLOP/s of BLAS on an n x n x n product: the best of `repeat` runs."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up: threads started, pages touched
+    best = min(_timed(lambda: a @ b) for _ in range(repeat))
+    return {"GFLOPs": 2 * n**3 / best / 1e9, "n": n, "repeat": repeat}
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def prompt_flops(path: str, n: int) -> int:
+    """FLOPs of one prompt pass of n tokens that returns the last position's logits: every
+    layer matmul for n tokens, the causal attention products (q k^T and p v), and the output
+    matmul for one token. Norms, rope and activations are left out (well under 1 %)."""
+    from .gguf import open_gguf
+
+    g = open_gguf(path)
+    try:
+        cfg = _read_config(g)
+        mats = [t for name, t in g.tensors.items() if name.startswith("blk.") and len(t.dims) == 2]
+        out = g.tensors["output.weight" if "output.weight" in g.tensors else "token_embd.weight"]
+        layers = sum(2 * t.dims[0] * t.dims[1] * n for t in mats)
+        attention = cfg.n_layer * 4 * cfg.n_head * cfg.head_dim * n * (n + 1) // 2
+        return layers + attention + 2 * out.dims[0] * out.dims[1]
+    finally:
+        g.close()
+
+
+def _read_config(src):
+    """The model's Config from a GGUFFile or a path."""
+    from .config import Config
+    from .gguf import open_gguf
+
+    if not isinstance(src, str):
+        return Config.from_gguf(src)
+    g = open_gguf(src)
+    try:
+        return Config.from_gguf(g)
+    finally:
+        g.close()
+
+
+TRIAL_PROMPT = 8  # tokens of the prompt a first-token trial evaluates
+
+
+def first_token_trial(model_path: str, engine: str, weight_cache: str = "f32", cold: bool = False,
+                      threads: int = 2) -> dict:
+    """In this (fresh) process: load `engine` and evaluate an 8-token prompt up to its
+    first sampled token. Times from just before the load (imports done) to the argmax;
+    `cold` evicts the file from the page cache first. Peak RSS is the process's VmHWM."""
+    from .instrument.residency import evict
+    from .loading import rss
+
+    def ids(n_vocab: int) -> list[int]:  # ordinary tokens (the same ones for every engine)
+        return [(1000 + 37 * i) % n_vocab for i in range(TRIAL_PROMPT)]
+
+    if engine == "llama.cpp":
+        import llama_cpp
+        from llama_cpp import Llama
+    else:
+        from .model import load
+    still = evict(model_path) if cold else None
+    t0 = time.perf_counter()
+    if engine == "llama.cpp":
+        llm = Llama(model_path=model_path, n_ctx=256, n_batch=512, n_threads=threads, n_threads_batch=threads,
+                    verbose=False)
+        t1 = time.perf_counter()
+        llm.eval(ids(llm.n_vocab()))
+        row = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+        int(np.argmax(np.ctypeslib.as_array(row, shape=(llm.n_vocab(),))))
+    else:
+        m = load(model_path, backend=engine, weight_cache=weight_cache)
+        t1 = time.perf_counter()
+        int(m.forward(m.new_state(64), ids(m.config.n_vocab))[-1].argmax())
+    t2 = time.perf_counter()
+    return {"engine": engine, "cold": cold, "cached_after_evict": still, "load_seconds": t1 - t0,
+            "first_token_seconds": t2 - t0, "rss": rss(), "peak_rss": _peak_rss()}
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def load_trials(model_path: str, engines: list[tuple[str, str, str]], repeat: int, cold: bool = True,
+                warm: bool = True, threads: int = 2, log=print) -> dict:
+    """First-token trials for each (name, backend, weight cache), each in a fresh process,
+    interleaved over engines; medians per engine and temperature."""
+    import json
+    import subprocess
+    import sys
+
+    runs: dict = {}
+    temps = [c for c, on in ((True, cold), (False, warm)) if on]
+    for _ in range(repeat):
+        for is_cold in temps:
+            for name, backend, wc in engines:
+                cmd = [sys.executable, "-m", "workbench", "first-token-trial", model_path, "--engine", backend,
+                       "--weight-cache", wc, "--threads", str(threads)] + (["--cold"] if is_cold else [])
+                r = subprocess.run(cmd, capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise RuntimeError(f"first-token trial of {name} failed: {r.stderr.strip()[-500:]}")
+                runs.setdefault(name, {}).setdefault("cold" if is_cold else "warm", []).append(json.loads(r.stdout))
+    out = {}
+    for name, by_temp in runs.items():
+        for temp, rs in by_temp.items():
+            ft = [x["first_token_seconds"] for x in rs]
+            out.setdefault(name, {})[temp] = {
+                "median_s": statistics.median(ft), "min_s": min(ft), "max_s": max(ft), "runs": len(rs),
+                "load_median_s": statistics.median(x["load_seconds"] for x in rs),
+                "peak_rss_median": statistics.median(x["peak_rss"] for x in rs),
+                "cached_after_evict_max": max((x["cached_after_evict"] or 0) for x in rs)}
+            log(f"first token {temp:4s} {name:18s} median {1e3 * out[name][temp]['median_s']:7.1f} ms "
+                f"(min {1e3 * min(ft):.1f}, max {1e3 * max(ft):.1f}, {len(rs)} runs), peak RSS "
+                f"{out[name][temp]['peak_rss_median'] / 1e6:.0f} MB")
+    return out
 
 
 @dataclass
@@ -74,8 +204,12 @@ def our_engine(model_path: str, backend: str, weight_cache: str) -> Engine:
         per_token = be.cache_bytes
     else:
         per_token = sum(t.nbytes for t in matmul_weights)
-    name = backend + (f"+{weight_cache}-cache" if weight_cache != "none" else "")
+    name = _engine_name(backend, weight_cache)
     return Engine(name, run_pp, run_tg, per_token, {"load_seconds": m.load_seconds}, m.close)
+
+
+def _engine_name(backend: str, weight_cache: str) -> str:
+    return backend + (f"+{weight_cache}-cache" if weight_cache != "none" else "")
 
 
 def llama_cpp_engine(model_path: str, threads: int) -> Engine:
@@ -117,16 +251,23 @@ def llama_cpp_engine(model_path: str, threads: int) -> Engine:
 
 def run_bench(model: str, backends=("numpy",), weight_cache: str = "f32", peer: str | None = "llama.cpp",
               threads: int = 2, repeat: int = 3, pp=(64, 256), tg=(32,), out: str | None = None,
-              log=print) -> dict:
+              load: str = "both", log=print) -> dict:
     from .models import resolve
 
     path = str(resolve(model))
     rng = np.random.default_rng(0)
     # the f32 weight cache is a numpy-family mode (numexpr inherits it); OpenCL reads quant blocks
-    engines = [our_engine(path, b, weight_cache if b in ("numpy", "numexpr") else "none") for b in backends]
+    caches = {b: weight_cache if b in ("numpy", "numexpr") else "none" for b in backends}
+    loads = {}
+    if load in ("cold", "warm", "both"):  # first, while no engine of this process maps the file
+        specs = [(_engine_name(b, caches[b]), b, caches[b]) for b in backends] + ([("llama.cpp", "llama.cpp", "none")]
+                                                                                  if peer else [])
+        loads = load_trials(path, specs, repeat, cold=load != "warm", warm=load != "cold", threads=threads, log=log)
+    engines = [our_engine(path, b, caches[b]) for b in backends]
     if peer:
         engines.append(llama_cpp_engine(path, threads))
-    ids = 1000 + rng.integers(0, 20000, size=max(pp + (16,)))  # ordinary tokens of both vocabularies
+    n_vocab = _read_config(path).n_vocab
+    ids = (1000 + rng.integers(0, 20000, size=max(pp + (16,)))) % n_vocab  # ordinary tokens of both vocabularies
     workloads = [(f"pp{n}", "pp", n) for n in pp] + [(f"tg{n}", "tg", n) for n in tg]
     results: dict = {e.name: {} for e in engines}
     try:
@@ -149,15 +290,22 @@ def run_bench(model: str, backends=("numpy",), weight_cache: str = "f32", peer: 
         for e in engines:
             e.close()
     bw = memory_bandwidth()
+    peak = gemm_peak()
+    flops = {n: prompt_flops(path, n) for n in pp}
     report = {"model": os.path.basename(path), "machine": machine_info(), "threads": threads, "repeat": repeat,
-              "bandwidth": bw, "engines": {}, "blas": _blas_info()}
+              "bandwidth": bw, "gemm_peak": peak, "prompt_flops": flops, "engines": {}, "blas": _blas_info()}
     for e in engines:
-        r = {"workloads": results[e.name], "bytes_per_token": e.bytes_per_token, "info": e.info}
+        r = {"workloads": results[e.name], "bytes_per_token": e.bytes_per_token, "info": e.info,
+             "first_token": loads.get(e.name, {})}
         for wname, v in results[e.name].items():
             if wname.startswith("tg"):
                 bound = bw["read_GBps"] * 1e9 / e.bytes_per_token
                 v["bandwidth_bound_tps"] = bound
                 v["fraction_of_bound"] = v["median_tps"] / bound
+            else:  # ppN: the FLOP rate the pass reached, against the machine's GEMM peak
+                n = int(wname[2:])
+                v["GFLOPs"] = flops[n] * v["median_tps"] / n / 1e9
+                v["fraction_of_gemm_peak"] = v["GFLOPs"] / peak["GFLOPs"]
             if peer and e.name != "llama.cpp":
                 v["ratio_to_peer"] = v["median_tps"] / results["llama.cpp"][wname]["median_tps"]
         report["engines"][e.name] = r
@@ -180,13 +328,25 @@ def _blas_info() -> list:
 def to_markdown(report: dict) -> str:
     lines = [f"Model {report['model']}; {report['machine']['cpu']}, {report['threads']} threads, "
              f"{report['repeat']} interleaved runs per cell (median, min-max); memory read bandwidth "
-             f"{report['bandwidth']['read_GBps']:.1f} GB/s.", "",
-             "| engine | workload | tok/s median | min-max | vs llama.cpp | of bandwidth bound |", "|---|---|---|---|---|---|"]
+             f"{report['bandwidth']['read_GBps']:.1f} GB/s; float32 GEMM peak {report['gemm_peak']['GFLOPs']:.0f} GFLOP/s.",
+             "", "| engine | workload | tok/s median | min-max | vs llama.cpp | of the bound |", "|---|---|---|---|---|---|"]
     for name, e in report["engines"].items():
         for w, v in e["workloads"].items():
             ratio = f"{v['ratio_to_peer']:.2f}x" if "ratio_to_peer" in v else "-"
-            frac = f"{100 * v['fraction_of_bound']:.0f} % of {v['bandwidth_bound_tps']:.0f}" if "fraction_of_bound" in v else "-"
+            if "fraction_of_bound" in v:
+                frac = f"{100 * v['fraction_of_bound']:.0f} % of {v['bandwidth_bound_tps']:.0f} tok/s (bandwidth)"
+            else:
+                frac = f"{100 * v['fraction_of_gemm_peak']:.0f} % ({v['GFLOPs']:.0f} GFLOP/s of GEMM peak)"
             lines.append(f"| {name} | {w} | {v['median_tps']:.1f} | {v['min_tps']:.1f}-{v['max_tps']:.1f} | {ratio} | {frac} |")
+    firsts = {name: e["first_token"] for name, e in report["engines"].items() if e.get("first_token")}
+    if firsts:
+        lines += ["", "Load to first token (8-token prompt), each run a fresh process; median (min-max), peak RSS:", "",
+                  "| engine | warm | cold | peak RSS |", "|---|---|---|---|"]
+        for name, ft in firsts.items():
+            cell = {t: (f"{1e3 * ft[t]['median_s']:.0f} ms ({1e3 * ft[t]['min_s']:.0f}-{1e3 * ft[t]['max_s']:.0f})"
+                        if t in ft else "-") for t in ("warm", "cold")}
+            rss = max(v["peak_rss_median"] for v in ft.values())
+            lines.append(f"| {name} | {cell['warm']} | {cell['cold']} | {rss / 1e6:.0f} MB |")
     return "\n".join(lines)
 
 

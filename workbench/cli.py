@@ -231,7 +231,7 @@ def cmd_bench(args):
         raise CLIError(f"unknown backend(s) {bad}; available: {', '.join(BACKENDS)}")
     peer = None if args.peer == "none" else args.peer
     report = run_bench(args.model, backends, weight_cache=args.weight_cache, peer=peer, threads=args.threads,
-                       repeat=args.repeat, pp=tuple(args.pp), tg=tuple(args.tg), out=args.out,
+                       repeat=args.repeat, pp=tuple(args.pp), tg=tuple(args.tg), out=args.out, load=args.load,
                        log=lambda s: print(s, file=sys.stderr))
     print(report["markdown"])
 
@@ -244,6 +244,14 @@ def cmd_overhead(args):
         from . import atomic
 
         atomic.write_json(args.out, report, indent=1)
+
+
+def cmd_first_token_trial(args):
+    from .bench import first_token_trial
+    from .models import resolve
+
+    print(json.dumps(first_token_trial(str(resolve(args.model)), args.engine, args.weight_cache, args.cold,
+                                       args.threads)))
 
 
 def cmd_soak(args):
@@ -389,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeat", type=_at_least_one, default=3)
     s.add_argument("--pp", type=_int_list, default=[64, 256], help="prompt sizes (default 64,256)")
     s.add_argument("--tg", type=_int_list, default=[32, 128], help="generation lengths (default 32,128)")
+    s.add_argument("--load", default="both", choices=("both", "warm", "cold", "none"),
+                   help="load-to-first-token trials in fresh processes (default both cold and warm)")
     s.add_argument("--out", default=None, help="write the JSON report here")
     s.set_defaults(fn=cmd_bench)
 
@@ -435,6 +445,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--by", default="op", choices=("op", "layer", "tensor", "phase", "backend"))
     s.add_argument("--phase", default=None, choices=("prefill", "decode"))
     s.set_defaults(fn=cmd_diff)
+
+    s = sub.add_parser("first-token-trial", help="(internal) load + first token of one engine, as JSON")
+    s.add_argument("model")
+    s.add_argument("--engine", default="numpy", choices=(*BACKENDS, "llama.cpp"))
+    s.add_argument("--weight-cache", default="f32", choices=("none", "f32"))
+    s.add_argument("--threads", type=_at_least_one, default=2)
+    s.add_argument("--cold", action="store_true")
+    s.set_defaults(fn=cmd_first_token_trial)
 
     s = sub.add_parser("load-trial", help="(internal) one load, as JSON")
     s.add_argument("model")
