@@ -555,3 +555,25 @@ def test_op_bench_shows_both_numexpr_paths():
         size = 9 * 64 if op == "rope" else 1536
         assert r["numexpr_path"] == ("numexpr" if default.uses_numexpr(op, size) else "numpy")
     assert report["numexpr"]["threads"] >= 1
+
+
+@pytest.mark.parametrize("weight_type", ["Q8_0", "F32"])
+def test_f32_cache_holds_each_weight_dequantized(tmp_path, weight_type, monkeypatch):
+    """prepare() dequantizes in bands over threads: every cached weight equals a whole-tensor
+    dequantization (bands of 7 rows here, so bands end mid-tensor), and nothing is missed."""
+    import kernels.numpy_backend as nb
+    import workbench
+    from workbench.synth import tiny_llama
+
+    monkeypatch.setattr(nb, "CHUNK_WEIGHTS", 7 * 64)
+    path = tmp_path / "t.gguf"
+    tiny_llama(path, n_embd=64, n_ff=96, weight_type=weight_type)
+    m = workbench.load(path, weight_cache="f32")
+    try:
+        be = m.ops.backend
+        for w in m.weights.tensors():
+            ref = w.data.view(np.float32) if w.qtype.name == "F32" else dequantize(w.data, w.qtype)
+            np.testing.assert_array_equal(be._cache[id(w)].reshape(ref.shape), ref)
+        assert be.cache_bytes == sum(w.rows * w.cols * 4 for w in m.weights.tensors())
+    finally:
+        m.close()
