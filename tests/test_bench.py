@@ -37,7 +37,7 @@ def test_first_token_trial(tiny):
     path, _ = tiny
     warm = first_token_trial(str(path), "numpy", "f32")
     assert 0 < warm["load_seconds"] < warm["first_token_seconds"] < 60
-    assert warm["peak_rss"] >= warm["rss"]["total"] > 0 and warm["cached_after_evict"] is None
+    assert warm["rss"]["peak"] >= warm["rss"]["total"] > 0 and warm["cached_after_evict"] is None
     cold = first_token_trial(str(path), "numpy", "none", cold=True)
     assert isinstance(cold["cached_after_evict"], int)
 

@@ -123,15 +123,7 @@ def first_token_trial(model_path: str, engine: str, weight_cache: str = "f32", c
         int(m.forward(m.new_state(64), ids(m.config.n_vocab))[-1].argmax())
     t2 = time.perf_counter()
     return {"engine": engine, "cold": cold, "cached_after_evict": still, "load_seconds": t1 - t0,
-            "first_token_seconds": t2 - t0, "rss": rss(), "peak_rss": _peak_rss()}
-
-
-def _peak_rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
+            "first_token_seconds": t2 - t0, "rss": rss()}
 
 
 def load_trials(model_path: str, engines: list[tuple[str, str, str]], repeat: int, cold: bool = True,
@@ -160,7 +152,7 @@ def load_trials(model_path: str, engines: list[tuple[str, str, str]], repeat: in
             out.setdefault(name, {})[temp] = {
                 "median_s": statistics.median(ft), "min_s": min(ft), "max_s": max(ft), "runs": len(rs),
                 "load_median_s": statistics.median(x["load_seconds"] for x in rs),
-                "peak_rss_median": statistics.median(x["peak_rss"] for x in rs),
+                "peak_rss_median": statistics.median(x["rss"]["peak"] for x in rs),
                 "cached_after_evict_max": max((x["cached_after_evict"] or 0) for x in rs)}
             log(f"first token {temp:4s} {name:18s} median {1e3 * out[name][temp]['median_s']:7.1f} ms "
                 f"(min {1e3 * min(ft):.1f}, max {1e3 * max(ft):.1f}, {len(rs)} runs), peak RSS "

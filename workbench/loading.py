@@ -38,14 +38,16 @@ _WHO = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
 
 
 def rss() -> dict:
-    """This process's resident memory, split as the kernel reports it (kB -> bytes)."""
+    """This process's resident memory in bytes, split as the kernel reports it: anonymous,
+    file-backed, total, and the peak total so far (VmHWM)."""
     out = {}
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith(("RssAnon:", "RssFile:", "VmRSS:")):
+            if line.startswith(("RssAnon:", "RssFile:", "VmRSS:", "VmHWM:")):
                 k, v = line.split(":")
                 out[k] = int(v.split()[0]) * 1024
-    return {"anon": out.get("RssAnon", 0), "file": out.get("RssFile", 0), "total": out.get("VmRSS", 0)}
+    return {"anon": out.get("RssAnon", 0), "file": out.get("RssFile", 0), "total": out.get("VmRSS", 0),
+            "peak": out.get("VmHWM", 0)}
 
 
 @dataclass

@@ -19,18 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from .loading import rss
+
 PROMPT = "The three most useful facts about the Moon are"
 
 
 def memory() -> dict:
     """RSS of this process in MB: anonymous, file-backed, and the peak (VmHWM)."""
-    got = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("RssAnon", "RssFile", "VmHWM"):
-                got[key] = int(rest.split()[0]) / 1024  # kB -> MB
-    return {"anon_mb": got.get("RssAnon"), "file_mb": got.get("RssFile"), "peak_mb": got.get("VmHWM")}
+    r = rss()
+    return {"anon_mb": r["anon"] / 2**20, "file_mb": r["file"] / 2**20, "peak_mb": r["peak"] / 2**20}
 
 
 def _resources(model) -> dict:

@@ -39,6 +39,7 @@ import numpy as np
 from kernels.qtypes import qtype
 
 from ..atomic import atomic_path
+from ..loading import rss
 from ..synth import _string, _value, byte_vocab
 
 # ---- shapes -------------------------------------------------------------------------------
@@ -379,16 +380,6 @@ def touch_pages(path: str | os.PathLike, touch_map: dict[str, list[int] | None],
         g.close()
 
 
-def _rss() -> dict:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("RssAnon", "RssFile", "VmHWM"):
-                out[k] = int(v.split()[0]) * 1024
-    return out
-
-
 def measure_tokens(path: str | os.PathLike, n_tokens: int = 2, cold: bool = True, token: int = 300,
                    madvise: str | None = None) -> dict:
     """Load the file (weights stay mapped, dequantized band by band per op: no f32 copy of the
@@ -426,7 +417,8 @@ def measure_tokens(path: str | os.PathLike, n_tokens: int = 2, cold: bool = True
                 dt = time.perf_counter() - t
                 b = _rusage()
                 out["tokens"].append({"pos": i, "seconds": dt, "minflt": b[0] - a[0], "majflt": b[1] - a[1],
-                                      "finite_logits": bool(np.isfinite(logits).all()), **_rss()})
+                                      "finite_logits": bool(np.isfinite(logits).all()),
+                                      **{f"rss_{k}": v for k, v in rss().items()}})
                 token = int(np.argmax(logits[-1]))
         events = [e.to_dict() for e in rec.events]
         samples = rec.samples  # one before each token, one at the end
