@@ -12,20 +12,27 @@ sizes from the device and kernel (powers of two where a kernel reduces).
   so kernels read the mapped pages and the page-fault/touch signal stays real; elsewhere the
   blocks are copied to the device once. Other types: `supports()` is False and ops.py falls
   back to numpy.
-- Activations: by default every op takes host arrays and returns host arrays (copy in, run,
-  copy out, wait). Host inputs are used in place where memory is shared, else copied.
-  `resident=True` (opt-in) keeps a forward on the device: ops return `CLArray`s, take them
+- Activations: `resident=False`: every op takes host arrays and returns host arrays (copy
+  in, run, copy out, wait). Host inputs are used in place where memory is shared, else
+  copied. `resident=True` keeps a forward on the device: ops return `CLArray`s, take them
   as inputs, and nothing waits until `to_host` (Model.forward calls it on the logits). That
   hides the per-op launch/copy/wait latency (~50-200 us an op on PoCL, ~400 ops a token).
-  It needs every op of the forward on this backend: ops.py hands fallbacks what it got.
-- KV cache: `new_kv_cache` allocates it on the device; attention writes k, v there and reads
-  it in place (kv_store -> attn_scores -> softmax -> attn_values).
+  ops.py hands any op that runs elsewhere (a numpy fallback) host copies. The default,
+  `resident="auto"`, is host arrays for direct calls and resident from `prepare()` on, i.e.
+  once a model runs its forwards through ops.py: generation's fast path.
+- One token (decode) has its own kernels: `matvec_<type>` (on a CPU device a work-item
+  walks a whole row; dot products without materializing the dequantized weights where the
+  type allows, see matmul.cl) and `attn_decode` (kv store, scores, softmax and values in
+  one launch instead of four; its device time is the attention op's).
+- Launch cost: scalar argument types are declared to pyopencl from the kernels' argument
+  info, which cuts a launch's host time several-fold (PoCL: ~35 -> ~5 us).
 - Timing: the queue has PROFILING_ENABLE; every kernel and copy is noted, and once a
   blocking read has returned (all earlier commands are complete: the queue is in order)
   their times are appended to `self.kernel_events` as plain dicts
   {kernel, queued_ns, submit_ns, start_ns, end_ns} (device clock). `drain_kernel_events()`
   returns and clears them. Only while `profile` is true (the recorder turns it on while it
-  records, so a long run without a recorder keeps no timings).
+  records, so a long run without a recorder keeps no timings); then a resident op also
+  waits for its own commands, so the recorder gets each op's device time with its op.
 - Programs: each `<name>.cl` is compiled with `common.cl` prepended, once per context; the
   context and programs are shared by every backend on the same device (and pyopencl keeps
   the binaries in its on-disk cache).
@@ -55,6 +62,7 @@ TOKEN_TILE = 8  # tokens per matmul work-group (NT in matmul.cl)
 MAX_LOCAL = 256  # largest work-group the host asks for
 MATMUL_LX = 8  # matmul work-items per row, at most (PoCL: 8 x 8 was fastest of 1..32 x 1..256)
 MATMUL_GROUP = 64  # matmul work-items per group, at most (rows fill the rest)
+MATVEC_GROUP_CPU = 16  # one-token matmul on a CPU device: rows per group, a work-item each
 SCORES_FLOATS = 1 << 24  # attention scores buffer limit (64 MiB); longer batches run in chunks
 F32 = np.float32
 
@@ -140,7 +148,7 @@ def _context_and_programs(cl, device) -> tuple:
         ctx = cl.Context([device])
     except cl.Error as e:
         raise BackendError(f"cannot create an OpenCL context on {device.name.strip()}: {e}") from e
-    options = [f"-DNT={TOKEN_TILE}", "-cl-std=CL1.2"]
+    options = [f"-DNT={TOKEN_TILE}", "-cl-std=CL1.2", "-cl-kernel-arg-info"]
     programs = {}
     for name in PROGRAMS:
         try:
@@ -224,19 +232,44 @@ def _round_up(n: int, m: int) -> int:
     return (n + m - 1) // m * m
 
 
+_SCALARS = {"int": np.int32, "uint": np.uint32, "float": np.float32, "long": np.int64, "ulong": np.uint64}
+
+
+def _declare_scalar_args(cl, kernel) -> None:
+    """Tell pyopencl the kernel's scalar argument types (from the kernel's argument info),
+    so a launch packs them directly: ~5 us instead of ~35 us a launch on PoCL, most of the
+    host's cost of an op. Where the driver gives no argument info, launches take the
+    numpy scalars as they are (slower, same result)."""
+    try:
+        types = []
+        for i in range(kernel.num_args):
+            if kernel.get_arg_info(i, cl.kernel_arg_info.ADDRESS_QUALIFIER) != \
+                    cl.kernel_arg_address_qualifier.PRIVATE:
+                types.append(None)  # a buffer or local memory
+            else:
+                types.append(_SCALARS[kernel.get_arg_info(i, cl.kernel_arg_info.TYPE_NAME).strip()])
+        kernel.set_scalar_arg_dtypes(types)
+    except (cl.Error, KeyError):
+        pass
+
+
 class OpenCLBackend(Backend):
     name = "opencl"
 
     def __init__(self, device: int | str | None = None, weights: str = "auto", profile: bool = False,
-                 resident: bool = False):
+                 resident: bool | str = "auto"):
         """weights: "auto" (in place where the device shares host memory, else copied),
         "host_ptr" (always CL_MEM_USE_HOST_PTR) or "copy" (always copied to the device).
-        resident: ops return CLArrays and nothing waits for the queue until `to_host`; every
-        op of the forward must then run here (a numpy fallback gets CLArrays, which only
-        some numpy code accepts), and an op's wall time is its enqueue time: take device
-        times from `kernel_events`."""
+        resident: True: ops return CLArrays and nothing waits for the queue until `to_host`
+        (ops.py hands other backends host copies); False: every op returns a host array;
+        "auto" (default): False until `prepare()` (a model about to run its forwards through
+        ops.py), then True - direct callers get numpy, a model's forward stays on the device.
+        While `profile` is on (a recorder attached) a resident op still waits for its own
+        commands, so each op's device time and wall time are its own."""
         if weights not in ("auto", "host_ptr", "copy"):
             raise ValueError(f"weights must be 'auto', 'host_ptr' or 'copy', not {weights!r}")
+        if resident not in (True, False, "auto"):
+            raise ValueError(f"resident must be True, False or 'auto', not {resident!r}")
         cl = self.cl = _cl()
         self.device = select_device(device)
         self.ctx, programs = _context_and_programs(cl, self.device)
@@ -244,6 +277,8 @@ class OpenCLBackend(Backend):
                                      properties=cl.command_queue_properties.PROFILING_ENABLE)
         self.pool = cl.tools.MemoryPool(cl.tools.ImmediateAllocator(self.queue))
         self._kernels = {k.function_name: k for prog in programs.values() for k in prog.all_kernels()}
+        for k in self._kernels.values():
+            _declare_scalar_args(cl, k)
         dev_max = min(self.device.max_work_group_size, MAX_LOCAL)
         self._local_max = {
             name: _pow2_floor(min(dev_max, k.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE,
@@ -257,8 +292,14 @@ class OpenCLBackend(Backend):
         self.weights_in_place = weights == "host_ptr" or (weights == "auto" and shared)
         self.inputs_in_place = shared
         self.profile = profile
-        self.resident = resident
+        self.resident_auto = resident == "auto"
+        self.resident = resident is True
         self.matmul_lx, self.matmul_group = MATMUL_LX, MATMUL_GROUP
+        # one token: a CPU work-item walks whole rows (PoCL runs a group's work-items as a
+        # loop; a reduction across them only costs); other devices split a row over LX
+        self.is_cpu = bool(self.device.type & cl.device_type.CPU)
+        self.matvec_lx, self.matvec_group = (1, MATVEC_GROUP_CPU) if self.is_cpu else (MATMUL_LX, MATMUL_GROUP)
+        self._rope_cs: tuple = (None, None)  # (key, device buffer of cos/sin) of the last rope
         self.kernel_events: list[dict] = []
         self._weights: dict[int, tuple] = {}  # id(tensor) -> (tensor, Buffer)
         self._pending: list = []  # (kernel name, event) of the commands not yet waited for
@@ -275,7 +316,8 @@ class OpenCLBackend(Backend):
                 "max_work_group_size": d.max_work_group_size, "local_mem_size": d.local_mem_size,
                 "weights_in_place": self.weights_in_place, "inputs_in_place": self.inputs_in_place,
                 "resident": self.resident, "token_tile": TOKEN_TILE,
-                "matmul_local": (self.matmul_lx, self.matmul_group)}
+                "matmul_local": (self.matmul_lx, self.matmul_group),
+                "matvec_local": (self.matvec_lx, self.matvec_group)}
 
     def supports(self, op, qtype=None):
         if op not in OPS:
@@ -328,8 +370,19 @@ class OpenCLBackend(Backend):
         return host
 
     def _result(self, buf, shape):
-        """An op's result: a CLArray (resident) or a host copy."""
-        return CLArray(buf, shape, self) if self.resident else self._out(buf, shape)
+        """An op's result: a CLArray (resident) or a host copy. Resident under a recorder
+        (`profile`), the op waits for its commands so their times are the op's own."""
+        if not self.resident:
+            return self._out(buf, shape)
+        if self.profile:
+            self._finish()
+        return CLArray(buf, shape, self)
+
+    def prepare(self, weights) -> None:
+        """A model will run its forwards through ops.py: with resident="auto", from now on
+        activations stay on the device."""
+        if self.resident_auto:
+            self.resident = True
 
     def _rows(self, x: CLArray, a: int, b: int) -> CLArray:
         """Rows a..b of x's first axis, as a new device array."""
@@ -419,21 +472,27 @@ class OpenCLBackend(Backend):
         n, k = x.shape
         if k != w.cols:
             raise ValueError(f"matmul: x has {k} columns, {getattr(w, 'name', 'w')} has {w.cols}")
-        tile = 1 if n == 1 else TOKEN_TILE
-        kernel = ("matvec_" if tile == 1 else "matmul_") + WEIGHT_TYPES[w.qtype.name]
-        lx, ly = self._matmul_local(kernel, (k + 31) // 32, w.rows, tile)
         W, X, Y = self._weight(w), self._in(x), self._alloc(n * w.rows)
-        self._launch(kernel, (lx, w.rows, -(-n // tile)), (lx, ly, 1), W, np.int32(w.row_bytes),
+        if n == 1:
+            kernel = "matvec_" + WEIGHT_TYPES[w.qtype.name]
+            lx, ly = self._matmul_local(kernel, (k + 31) // 32, w.rows, 1, self.matvec_lx, self.matvec_group)
+            self._launch(kernel, (lx, w.rows), (lx, ly), W, np.int32(w.row_bytes), np.int32(k),
+                         np.int32(w.rows), X, Y, self.cl.LocalMemory(4 * lx * ly))
+            return self._result(Y, (n, w.rows))
+        kernel = "matmul_" + WEIGHT_TYPES[w.qtype.name]
+        lx, ly = self._matmul_local(kernel, (k + 31) // 32, w.rows, TOKEN_TILE, self.matmul_lx, self.matmul_group)
+        self._launch(kernel, (lx, w.rows, -(-n // TOKEN_TILE)), (lx, ly, 1), W, np.int32(w.row_bytes),
                      np.int32(k), np.int32(w.rows), X, np.int32(n), Y,
-                     self.cl.LocalMemory(4 * tile * lx * ly))
+                     self.cl.LocalMemory(4 * TOKEN_TILE * lx * ly))
         return self._result(Y, (n, w.rows))
 
-    def _matmul_local(self, kernel: str, units: int, rows: int, tile: int) -> tuple[int, int]:
+    def _matmul_local(self, kernel: str, units: int, rows: int, tile: int, max_lx: int,
+                      group: int) -> tuple[int, int]:
         """(LX work-items per row, LY rows) of a matmul work-group: LX covers the row's units
-        up to MATMUL_LX; LY fills the group up to MATMUL_GROUP work-items."""
+        up to max_lx; LY fills the group up to `group` work-items."""
         limit = self._local_max[kernel]
-        lx = min(_pow2_ceil(units), self.matmul_lx, limit)
-        ly = max(1, min(self.matmul_group // lx, limit // lx, _pow2_ceil(rows)))
+        lx = min(_pow2_ceil(units), max_lx, limit)
+        ly = max(1, min(group // lx, limit // lx, _pow2_ceil(rows)))
         while ly > 1 and 4 * tile * lx * ly > self.local_mem:
             ly //= 2
         return lx, ly
@@ -454,16 +513,27 @@ class OpenCLBackend(Backend):
             raise ValueError(f"unknown rope mode {mode!r}")
         n, H, hd = x.shape
         n_rot = hd if n_rot is None else n_rot
-        half = n_rot // 2
-        # cos/sin of every (token, pair) exactly as the numpy reference rounds them
-        inv = theta_base ** (-np.arange(half, dtype=np.float64) * 2.0 / n_rot)
-        ang = np.asarray(pos, np.float64).reshape(-1)[:, None] * inv[None, :]
-        cs = np.stack([np.cos(ang).astype(F32), np.sin(ang).astype(F32)], axis=-1)  # (n, half, 2)
         ls = self._local("rope", min(hd, 64))
-        X, CS, Y = self._in(x), self._in(cs), self._alloc(x.size)
+        X, CS, Y = self._in(x), self._rotation(pos, theta_base, n_rot), self._alloc(x.size)
         self._launch("rope", (hd, H, n), (ls, 1, 1), X, CS, Y, np.int32(H), np.int32(hd),
                      np.int32(n_rot), np.int32(mode == ROPE_NEOX))
         return self._result(Y, x.shape)
+
+    def _rotation(self, pos, theta_base: float, n_rot: int):
+        """A device buffer of cos/sin (n, n_rot/2, 2) of every (token, pair), exactly as the
+        numpy reference rounds them; the last one is kept: every layer's q and k rotate the
+        same positions by the same bases."""
+        pos = np.asarray(pos, np.float64).reshape(-1)
+        key = (pos.tobytes(), float(theta_base), int(n_rot))
+        if self._rope_cs[0] != key:
+            half = n_rot // 2
+            inv = theta_base ** (-np.arange(half, dtype=np.float64) * 2.0 / n_rot)
+            ang = pos[:, None] * inv[None, :]
+            cs = np.stack([np.cos(ang).astype(F32), np.sin(ang).astype(F32)], axis=-1)  # (n, half, 2)
+            mf = self.cl.mem_flags
+            self._keep.append(self._rope_cs[1])  # commands in flight may still read the last one
+            self._rope_cs = (key, self.cl.Buffer(self.ctx, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=cs))
+        return self._rope_cs[1]
 
     def _softmax_rows(self, X, Y, rows: int, m: int) -> None:
         ls = self._local("softmax", min(m, MAX_LOCAL))
@@ -526,6 +596,14 @@ class OpenCLBackend(Backend):
         T = pos + n
         if T > cache.n_ctx:
             raise ValueError(f"attention: positions up to {T} exceed the cache's n_ctx {cache.n_ctx}")
+        win = np.int32(-1 if window is None else window)
+        if isinstance(cache, CLKVCache) and n == 1:
+            ls = self._local("attn_decode", min(max(T, hd), 64))
+            O, S = self._alloc(H * hd), self._alloc(H * T)
+            self._launch("attn_decode", (ls, H), (ls, 1), self._in(q), self._in(k), self._in(v),
+                         cache.k[layer], cache.v[layer], S, O, np.int32(H), np.int32(Hkv), np.int32(hd),
+                         np.int32(pos), F32(scale), win, self.cl.LocalMemory(4 * ls))
+            return self._result(O, (n, H * hd))
         if isinstance(cache, CLKVCache):
             K, V = cache.k[layer], cache.v[layer]
             N = n * Hkv * hd
@@ -537,7 +615,6 @@ class OpenCLBackend(Backend):
             # copies: the next call writes the cache while a resident queue may still read
             K, V = self._in(cache.k[layer][:T].copy()), self._in(cache.v[layer][:T].copy())
         Q, O = self._in(q), self._alloc(n * H * hd)
-        win = np.int32(-1 if window is None else window)
         chunk = max(1, SCORES_FLOATS // (H * T))  # queries per scores buffer
         for i0 in range(0, n, chunk):
             m, at = min(chunk, n - i0), np.int32(i0 * H * hd)

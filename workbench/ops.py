@@ -72,6 +72,8 @@ class Ops:
     def prepare(self, weights) -> None:
         for be in self.backends:
             be.prepare(weights)
+        # a backend may keep activations on its device once it knows a model runs here
+        self._resident = next((b for b in self.backends if getattr(b, "resident", False)), None)
 
     def close(self) -> None:
         for be in self.backends:

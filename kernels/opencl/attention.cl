@@ -4,7 +4,9 @@
  * for a chunk of queries that starts at float q_at of Q (n, H, hd) and o_at of O (n, H, hd).
  * Query head h reads KV head h / (H / Hkv). window < 0: no sliding window; else key j is
  * visible to query position p when p - j < window.
- * Grids: (T or hd rounded up to the local size, H, n): no index is split with / and %. */
+ * Grids: (T or hd rounded up to the local size, H, n): no index is split with / and %.
+ *
+ * One new token (decode) takes one launch instead: attn_decode, below. */
 
 /* the new keys and values (N floats each) into the cache at float offset `at`. A kernel
  * rather than a host write at an offset: after one of those oclgrind 21.10 takes the rest of
@@ -46,4 +48,55 @@ kernel void attn_values(global const float *P, global const float *V, global flo
     float a = 0.0f;
     for (int j = j0; j < j1; ++j) a += p[j] * V[((size_t)j * Hkv + kh) * hd + d];
     O[o_at + (size_t)ih * hd + d] = a;
+}
+
+/* One new query (position pos, T = pos + 1) in one launch: store k, v at position pos and
+ * attend. A work-group per query head h (grid (LS, H), LS a power of two): scores over the
+ * T positions into its own row of S (H, T), softmax (max and sum through `red`, LS floats),
+ * then the weighted sum of V, one output value per work-item and d. The new key and value
+ * are read from k, v (never from the cache, which another work-group is writing): work-group
+ * h < Hkv stores those of KV head h; the cache is read at positions < pos only. Arithmetic as attn_scores -> softmax -> attn_values (same sums in the same order). */
+kernel void attn_decode(global const float *Q, global const float *k, global const float *v,
+                        global float *K, global float *V, global float *S, global float *O,
+                        const int H, const int Hkv, const int hd, const int pos, const float scale,
+                        const int window, local float *red) {
+    const int lid = get_local_id(0), LS = get_local_size(0), h = get_group_id(1);
+    const int g = H / Hkv, kh = h / g, T = pos + 1;
+    global const float *kn = k + (size_t)kh * hd, *vn = v + (size_t)kh * hd;
+    if (h < Hkv)  /* work-group h stores KV head h (no h % g: oclgrind cannot check LLVM's freeze) */
+        for (int d = lid; d < hd; d += LS) {
+            K[((size_t)pos * Hkv + h) * hd + d] = k[(size_t)h * hd + d];
+            V[((size_t)pos * Hkv + h) * hd + d] = v[(size_t)h * hd + d];
+        }
+    global const float *q = Q + (size_t)h * hd;
+    global float *s = S + (size_t)h * T;
+    const int j0 = window < 0 ? 0 : max(0, pos - window + 1);
+    float mx = -INFINITY;
+    for (int j = lid; j < T; j += LS) {
+        float a = -INFINITY;
+        if (j >= j0) {
+            global const float *kj = j == pos ? kn : K + ((size_t)j * Hkv + kh) * hd;
+            a = 0.0f;
+            for (int d = 0; d < hd; ++d) a += q[d] * kj[d];
+            a *= scale;
+        }
+        s[j] = a;
+        mx = fmax(mx, a);
+    }
+    mx = wg_max(mx, red);
+    float sum = 0.0f;
+    for (int j = lid; j < T; j += LS) {
+        const float e = exp(s[j] - mx);
+        s[j] = e;
+        sum += e;
+    }
+    sum = wg_sum(sum, red);
+    for (int j = lid; j < T; j += LS) s[j] = s[j] / sum;
+    barrier(CLK_GLOBAL_MEM_FENCE);  /* every p_j of the row written before any is read */
+    for (int d = lid; d < hd; d += LS) {
+        float a = 0.0f;
+        for (int j = j0; j < pos; ++j) a += s[j] * V[((size_t)j * Hkv + kh) * hd + d];
+        a += s[pos] * vn[d];
+        O[(size_t)h * hd + d] = a;
+    }
 }

@@ -1,16 +1,23 @@
 /* common.cl: prepended by the host to every kernel file (no #include, so every driver and
  * pyopencl's binary cache see one self-contained source).
  *
- * Portable OpenCL C 1.2: no extensions, halves only through vload_half (core), work-group
- * sizes chosen by the host from the device (reductions need a power of two). Vectors are at
- * most 8 lanes (PoCL 3.0's LLVM 14 crashed on uint16 shifts) and never taken apart with
- * .lo/.hi/.sN (oclgrind's --uninitialized checker crashes on those).
+ * Portable OpenCL C 1.2: no extensions, work-group sizes chosen by the host from the device
+ * (reductions need a power of two). Vectors are at most 8 lanes (PoCL 3.0's LLVM 14 crashed
+ * on uint16 shifts) and never taken apart with .lo/.hi/.sN (oclgrind's --uninitialized
+ * checker crashes on those).
  *
- * Holds what several programs share: the f16/u32 loaders, the work-group reductions and
- * the GGUF block readers. A block reader `deq32_<type>(row, u, w)` dequantizes weight
- * unit `u` (32 consecutive weights) of one row of raw blocks into four float8 vectors, with
- * exactly the arithmetic, in the same order, of kernels/qtypes.py: results are bit-identical
- * to the numpy reference (hence FP_CONTRACT OFF: no fused multiply-add). */
+ * No vloadN / vload_half in inner loops: PoCL 3.0 calls them as out-of-line functions
+ * (seen in the kernel's disassembly), which blocks vectorization and made every 32-weight
+ * unit of a matvec pay for eight calls; vstore8 stays only where it runs once per row.
+ * Vectors are built from scalar loads instead (`ld8f`, `ld8b`, ...: LLVM merges them into
+ * one vector load; any alignment is fine) and halves are converted with integer operations
+ * (`f16`: exact for every value, subnormals and inf/nan included).
+ *
+ * Holds what several programs share: the loaders, the work-group reductions and the GGUF
+ * block readers. A block reader `deq32_<type>(row, u, w)` dequantizes weight unit `u` (32
+ * consecutive weights) of one row of raw blocks into four float8 vectors, with exactly the
+ * arithmetic, in the same order, of kernels/qtypes.py: results are bit-identical to the
+ * numpy reference (hence FP_CONTRACT OFF: no fused multiply-add). */
 
 #pragma OPENCL FP_CONTRACT OFF
 
@@ -26,12 +33,47 @@
 
 typedef global const uchar *gbytes;
 
+/* IEEE half bits (the low 16 bits of h) -> float, exactly: the magnitude moved into a
+ * float's exponent and mantissa bits, times 2^112 (rebiases the exponent; subnormal halves
+ * become normal floats exactly), inf/nan kept, sign restored. */
+inline float f16(uint h) {
+    const uint mag = (h & 0x7fffu) << 13;
+    uint r = as_uint(as_float(mag) * 0x1p112f);
+    r |= (0u - (((h & 0x7c00u) + 0x0400u) >> 15)) & 0x7f800000u;  /* exponent 31: inf/nan */
+    return as_float(r | ((h & 0x8000u) << 16));
+}
+
+inline float8 f16x8(ushort8 h) {
+    const uint8 u = convert_uint8(h);
+    const uint8 mag = (u & 0x7fffu) << 13;
+    uint8 r = as_uint8(as_float8(mag) * 0x1p112f);
+    r |= ((uint8)0u - (((u & 0x7c00u) + 0x0400u) >> 15)) & 0x7f800000u;  /* exponent 31: inf/nan */
+    return as_float8(r | ((u & 0x8000u) << 16));
+}
+
 /* a little-endian f16 at a 2-byte aligned address (every scale field of every block is) */
-inline float ld_f16(gbytes p) { return vload_half(0, (global const half *)p); }
+inline float ld_f16(gbytes p) { return f16(*(global const ushort *)p); }
 
 /* a little-endian u32 at any address (Q5_0 keeps one at byte 2 of a 22-byte block) */
 inline uint ld_u32(gbytes p) {
     return (uint)p[0] | ((uint)p[1] << 8) | ((uint)p[2] << 16) | ((uint)p[3] << 24);
+}
+
+/* eight consecutive values from any address of their type */
+inline float8 ld8f(global const float *p) { return (float8)(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]); }
+inline uchar8 ld8b(gbytes p) { return (uchar8)(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]); }
+inline char8 ld8c(global const char *p) { return (char8)(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]); }
+inline float8 ld8h(global const ushort *p) {
+    return f16x8((ushort8)(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]));
+}
+
+/* the sum of a vector's lanes, through a private array: once per row or token, where
+ * vstore8's call costs nothing (oclgrind 21.10 --uninitialized crashes on .lo/.hi/.sN,
+ * unions and pointer casts of vectors) */
+inline float hsum8(float8 v) {
+    float t[8];
+    vstore8(v, 0, t);
+    return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
 }
 
 /* ---- work-group reductions (local size a power of two; every work-item gets the result;
@@ -71,22 +113,22 @@ inline float wg_max(float v, local float *red) {
 inline void deq32_f32(gbytes row, int u, int nv, float8 *w) {
     global const float *p = (global const float *)row + 32 * u;
     if (nv == 32) {
-        for (int i = 0; i < 4; ++i) w[i] = vload8(i, p);
+        for (int i = 0; i < 4; ++i) w[i] = ld8f(p + 8 * i);
         return;
     }
-    float t[32];
+    float t[32];  /* the last unit of a ragged row: once per row, vload8's call costs nothing */
     for (int j = 0; j < 32; ++j) t[j] = j < nv ? p[j] : 0.0f;
     for (int i = 0; i < 4; ++i) w[i] = vload8(i, t);
 }
 
 inline void deq32_f16(gbytes row, int u, int nv, float8 *w) {
-    global const half *p = (global const half *)row + 32 * u;
+    global const ushort *p = (global const ushort *)row + 32 * u;
     if (nv == 32) {
-        for (int i = 0; i < 4; ++i) w[i] = vload_half8(i, p);
+        for (int i = 0; i < 4; ++i) w[i] = ld8h(p + 8 * i);
         return;
     }
     float t[32];
-    for (int j = 0; j < 32; ++j) t[j] = j < nv ? vload_half(j, p) : 0.0f;
+    for (int j = 0; j < 32; ++j) t[j] = j < nv ? vload_half(j, (global const half *)p) : 0.0f;
     for (int i = 0; i < 4; ++i) w[i] = vload8(i, t);
 }
 
@@ -96,7 +138,7 @@ inline void deq32_q4_0(gbytes row, int u, float8 *w) {
     gbytes b = row + 18 * u;
     const float d = ld_f16(b);
     for (int i = 0; i < 2; ++i) {
-        const uchar8 q = vload8(i, b + 2);
+        const uchar8 q = ld8b(b + 2 + 8 * i);
         w[i] = convert_float8(convert_int8(q & (uchar)15) - 8) * d;
         w[i + 2] = convert_float8(convert_int8(q >> (uchar)4) - 8) * d;
     }
@@ -107,7 +149,7 @@ inline void deq32_q4_1(gbytes row, int u, float8 *w) {
     gbytes b = row + 20 * u;
     const float d = ld_f16(b), m = ld_f16(b + 2);
     for (int i = 0; i < 2; ++i) {
-        const uchar8 q = vload8(i, b + 4);
+        const uchar8 q = ld8b(b + 4 + 8 * i);
         w[i] = convert_float8(q & (uchar)15) * d + m;
         w[i + 2] = convert_float8(q >> (uchar)4) * d + m;
     }
@@ -121,7 +163,7 @@ inline void deq32_q5_0(gbytes row, int u, float8 *w) {
     const uint8 qh = (uint8)(ld_u32(b + 2));
     const uint8 lane = (uint8)(0, 1, 2, 3, 4, 5, 6, 7);
     for (int i = 0; i < 2; ++i) {
-        const uchar8 q = vload8(i, b + 6);
+        const uchar8 q = ld8b(b + 6 + 8 * i);
         const int8 lo = convert_int8(((qh >> (lane + (uint)(8 * i))) & 1u) << 4);
         const int8 hi = convert_int8(((qh >> (lane + (uint)(8 * i + 16))) & 1u) << 4);
         w[i] = convert_float8((convert_int8(q & (uchar)15) | lo) - 16) * d;
@@ -134,7 +176,7 @@ inline void deq32_q8_0(gbytes row, int u, float8 *w) {
     gbytes b = row + 34 * u;
     const float d = ld_f16(b);
     global const char *qs = (global const char *)(b + 2);
-    for (int i = 0; i < 4; ++i) w[i] = convert_float8(vload8(i, qs)) * d;
+    for (int i = 0; i < 4; ++i) w[i] = convert_float8(ld8c(qs + 8 * i)) * d;
 }
 
 /* Q4_K, 144 bytes: d:f16 dmin:f16 scales[12] qs[128]; unit = sub-block s (8 per block).
@@ -157,7 +199,7 @@ inline void deq32_q4_k(gbytes row, int u, float8 *w) {
     const float dl = ld_f16(b) * (float)scale, ml = ld_f16(b + 2) * (float)mn;
     gbytes qs = b + 16 + 32 * (s >> 1);
     const uchar shift = 4 * (s & 1);
-    for (int i = 0; i < 4; ++i) w[i] = dl * convert_float8((vload8(i, qs) >> shift) & (uchar)15) - ml;
+    for (int i = 0; i < 4; ++i) w[i] = dl * convert_float8((ld8b(qs + 8 * i) >> shift) & (uchar)15) - ml;
 }
 
 /* Q6_K, 210 bytes: ql[128] qh[64] scales[16] (int8) d:f16; 16 sub-blocks of 16 weights,
@@ -175,8 +217,8 @@ inline void deq32_q6_k(gbytes row, int u, float8 *w) {
     const float d = ld_f16(b + 208);
     for (int i = 0; i < 4; ++i) {
         const float ds = d * (float)scales[8 * hb + 2 * quarter + (i >> 1)];
-        const int8 q = convert_int8(((vload8(i, ql) >> lshift) & (uchar)15) |
-                                    (((vload8(i, qh) >> hshift) & (uchar)3) << (uchar)4)) - 32;
+        const int8 q = convert_int8(((ld8b(ql + 8 * i) >> lshift) & (uchar)15) |
+                                    (((ld8b(qh + 8 * i) >> hshift) & (uchar)3) << (uchar)4)) - 32;
         w[i] = ds * convert_float8(q);
     }
 }
@@ -199,18 +241,10 @@ inline void deq32(const int qt, gbytes row, int u, int nv, float8 *w) {
  * the lanes of a running total once, at the end, with hsum8 */
 inline float8 dot32v(const float8 *w, global const float *x, int nv) {
     if (nv == 32)
-        return w[0] * vload8(0, x) + w[1] * vload8(1, x) + w[2] * vload8(2, x) + w[3] * vload8(3, x);
+        return w[0] * ld8f(x) + w[1] * ld8f(x + 8) + w[2] * ld8f(x + 16) + w[3] * ld8f(x + 24);
     float t[32];
     for (int j = 0; j < 32; ++j) t[j] = j < nv ? x[j] : 0.0f;
     return w[0] * vload8(0, t) + w[1] * vload8(1, t) + w[2] * vload8(2, t) + w[3] * vload8(3, t);
-}
-
-/* the sum of a vector's lanes, through a private array: oclgrind 21.10 --uninitialized
- * crashes on .lo/.hi/.sN */
-inline float hsum8(float8 v) {
-    float t[8];
-    vstore8(v, 0, t);
-    return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
 }
 
 /* the kernel-name suffix and type id of every type read here, for per-type kernels */
