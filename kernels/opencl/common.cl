@@ -239,12 +239,16 @@ inline void deq32(const int qt, gbytes row, int u, int nv, float8 *w) {
 
 /* lane-wise products of a unit with x[0..nv) (nv <= 32; x holds only those values): sum
  * the lanes of a running total once, at the end, with hsum8 */
-inline float8 dot32v(const float8 *w, global const float *x, int nv) {
-    if (nv == 32)
-        return w[0] * ld8f(x) + w[1] * ld8f(x + 8) + w[2] * ld8f(x + 16) + w[3] * ld8f(x + 24);
+float8 dot32v_tail(const float8 *w, global const float *x, int nv) {  /* a ragged last unit */
     float t[32];
     for (int j = 0; j < 32; ++j) t[j] = j < nv ? x[j] : 0.0f;
     return w[0] * vload8(0, t) + w[1] * vload8(1, t) + w[2] * vload8(2, t) + w[3] * vload8(3, t);
+}
+
+inline float8 dot32v(const float8 *w, global const float *x, int nv) {
+    if (nv == 32)
+        return w[0] * ld8f(x) + w[1] * ld8f(x + 8) + w[2] * ld8f(x + 16) + w[3] * ld8f(x + 24);
+    return dot32v_tail(w, x, nv);
 }
 
 /* the kernel-name suffix and type id of every type read here, for per-type kernels */

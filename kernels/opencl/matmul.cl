@@ -9,9 +9,9 @@
  * a multiple of LY) compute nothing but still reach every barrier.
  * Grid: (LX, rows rounded up to LY, ceil(n / NT)).
  *
- * One token (matvec_<type>, decode): the same (LX, LY) layout for one token, with `dot32`:
- * a unit's products with x without materializing the dequantized weights where the type
- * allows (Q4_0, Q4_1, Q8_0, Q4_K: the block scale multiplies the sum of q * x once, and
+ * One token (matvec_<type>, decode): the same (LX, LY) layout for one token, with
+ * `dot32_<type>`: a unit's products with x without materializing the dequantized weights
+ * where the type allows (Q4_0, Q4_1, Q8_0, Q4_K: the block scale multiplies the sum of q * x once, and
  * an offset m multiplies the sum of x once), else through the block reader. The host picks
  * LX per device: 1 on a CPU (a work-item walks a whole row; no reduction, no barrier is
  * reached: LX is the same for the whole group), MATMUL_LX elsewhere (GPUs: neighbouring
@@ -19,6 +19,15 @@
 
 #ifndef NT
 #define NT 8
+#endif
+
+/* the per-unit dot products must be inlined into the row loop: PoCL 3.0 left even the
+ * smallest of them as calls. always_inline is a clang attribute (most OpenCL compilers are
+ * clang-based); elsewhere plain inline. */
+#if defined(__clang__)
+#define HOT inline __attribute__((always_inline))
+#else
+#define HOT inline
 #endif
 
 inline void matmul_tile(const int qt, const int tile, gbytes W, const int row_bytes, const int cols,
@@ -56,77 +65,92 @@ inline void matmul_tile(const int qt, const int tile, gbytes W, const int row_by
         for (int t = lx; t < nt; t += LX) Y[(size_t)(t0 + t) * rows + r] = part[t * LX];
 }
 
-/* unit u of a row times x[0..nv), as eight lane sums (qt is a constant at each call) */
-inline float8 dot32(const int qt, gbytes row, const int u, const int nv, global const float *x) {
-    if (qt == QT_Q4_0 || qt == QT_Q4_1 || qt == QT_Q8_0 || qt == QT_Q4_K) {
-        const float8 x0 = ld8f(x), x1 = ld8f(x + 8), x2 = ld8f(x + 16), x3 = ld8f(x + 24);
-        if (qt == QT_Q8_0) {  /* d * sum(q x) */
-            gbytes b = row + 34 * u;
-            global const char *qs = (global const char *)(b + 2);
-            return ld_f16(b) * (convert_float8(ld8c(qs)) * x0 + convert_float8(ld8c(qs + 8)) * x1 +
-                                convert_float8(ld8c(qs + 16)) * x2 + convert_float8(ld8c(qs + 24)) * x3);
-        }
-        if (qt == QT_Q4_0) {  /* d * sum((q - 8) x) */
-            gbytes b = row + 18 * u;
-            const uchar8 qa = ld8b(b + 2), qb = ld8b(b + 10);
-            const int8 eight = 8;
-            return ld_f16(b) * (convert_float8(convert_int8(qa & (uchar)15) - eight) * x0 +
-                                convert_float8(convert_int8(qb & (uchar)15) - eight) * x1 +
-                                convert_float8(convert_int8(qa >> (uchar)4) - eight) * x2 +
-                                convert_float8(convert_int8(qb >> (uchar)4) - eight) * x3);
-        }
-        float d, m;  /* Q4_1, Q4_K: d * sum(q x) + m * sum(x) */
-        uchar8 q0, q1, q2, q3;
-        if (qt == QT_Q4_1) {
-            gbytes b = row + 20 * u;
-            d = ld_f16(b);
-            m = ld_f16(b + 2);
-            const uchar8 qa = ld8b(b + 4), qb = ld8b(b + 12);
-            q0 = qa & (uchar)15;
-            q1 = qb & (uchar)15;
-            q2 = qa >> (uchar)4;
-            q3 = qb >> (uchar)4;
-        } else {  /* Q4_K sub-block u & 7: scale and min as in deq32_q4_k */
-            gbytes b = row + 144 * (u >> 3);
-            const int s = u & 7;
-            gbytes sc = b + 4;
-            int scale, mn;
-            if (s < 4) {
-                scale = sc[s] & 63;
-                mn = sc[s + 4] & 63;
-            } else {
-                scale = (sc[s + 4] & 15) | ((sc[s - 4] >> 6) << 4);
-                mn = (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
-            }
-            d = ld_f16(b) * (float)scale;
-            m = -(ld_f16(b + 2) * (float)mn);
-            gbytes qs = b + 16 + 32 * (s >> 1);
-            const uchar shift = 4 * (s & 1);
-            q0 = (ld8b(qs) >> shift) & (uchar)15;
-            q1 = (ld8b(qs + 8) >> shift) & (uchar)15;
-            q2 = (ld8b(qs + 16) >> shift) & (uchar)15;
-            q3 = (ld8b(qs + 24) >> shift) & (uchar)15;
-        }
-        return d * (convert_float8(q0) * x0 + convert_float8(q1) * x1 + convert_float8(q2) * x2 +
-                     convert_float8(q3) * x3) + m * ((x0 + x1) + (x2 + x3));
-    }
-    float8 w[4];
-    deq32(qt, row, u, nv, w);
-    return dot32v(w, x, nv);
+/* dot32_<type>(row, u, nv, x): unit u of a row times x[0..nv), as eight lane sums. One small
+ * function per type, so compilers inline it into the row loop (PoCL did not inline one
+ * function that switched over the types, though the type was a constant at each call). */
+
+HOT float8 dot32_q8_0(gbytes row, const int u, const int nv, global const float *x) {
+#pragma OPENCL FP_CONTRACT ON
+    gbytes b = row + 34 * u;  /* d * sum(q x) */
+    global const char *qs = (global const char *)(b + 2);
+    return ld_f16(b) * (convert_float8(ld8c(qs)) * ld8f(x) + convert_float8(ld8c(qs + 8)) * ld8f(x + 8) +
+                        convert_float8(ld8c(qs + 16)) * ld8f(x + 16) + convert_float8(ld8c(qs + 24)) * ld8f(x + 24));
 }
 
-inline void matvec_rows(const int qt, gbytes W, const int row_bytes, const int cols, const int rows,
-                        global const float *X, global float *Y, local float *red) {
-    const int lx = get_local_id(0), LX = get_local_size(0);
-    const int r = get_global_id(1);
-    float8 acc = 0.0f;
-    if (r < rows) {
-        gbytes row = W + (size_t)r * row_bytes;
-        const int units = (cols + 31) / 32;
-        for (int u = lx; u < units; u += LX) acc += dot32(qt, row, u, min(32, cols - 32 * u), X + 32 * u);
+HOT float8 dot32_q4_0(gbytes row, const int u, const int nv, global const float *x) {
+#pragma OPENCL FP_CONTRACT ON
+    gbytes b = row + 18 * u;  /* d * sum((q - 8) x) */
+    const uchar8 qa = ld8b(b + 2), qb = ld8b(b + 10);
+    const int8 eight = 8;
+    return ld_f16(b) * (convert_float8(convert_int8(qa & (uchar)15) - eight) * ld8f(x) +
+                        convert_float8(convert_int8(qb & (uchar)15) - eight) * ld8f(x + 8) +
+                        convert_float8(convert_int8(qa >> (uchar)4) - eight) * ld8f(x + 16) +
+                        convert_float8(convert_int8(qb >> (uchar)4) - eight) * ld8f(x + 24));
+}
+
+/* d * sum(q x) + m * sum(x) for four runs of eight 4-bit values */
+HOT float8 dot32_affine(float d, float m, uchar8 q0, uchar8 q1, uchar8 q2, uchar8 q3, global const float *x) {
+#pragma OPENCL FP_CONTRACT ON
+    const float8 x0 = ld8f(x), x1 = ld8f(x + 8), x2 = ld8f(x + 16), x3 = ld8f(x + 24);
+    return d * (convert_float8(q0) * x0 + convert_float8(q1) * x1 + convert_float8(q2) * x2 +
+                convert_float8(q3) * x3) + m * ((x0 + x1) + (x2 + x3));
+}
+
+HOT float8 dot32_q4_1(gbytes row, const int u, const int nv, global const float *x) {
+    gbytes b = row + 20 * u;
+    const uchar8 qa = ld8b(b + 4), qb = ld8b(b + 12);
+    return dot32_affine(ld_f16(b), ld_f16(b + 2), qa & (uchar)15, qb & (uchar)15, qa >> (uchar)4,
+                        qb >> (uchar)4, x);
+}
+
+HOT float8 dot32_q4_k(gbytes row, const int u, const int nv, global const float *x) {
+    gbytes b = row + 144 * (u >> 3);  /* sub-block u & 7: scale and min as in deq32_q4_k */
+    const int s = u & 7;
+    gbytes sc = b + 4;
+    int scale, mn;
+    if (s < 4) {
+        scale = sc[s] & 63;
+        mn = sc[s + 4] & 63;
+    } else {
+        scale = (sc[s + 4] & 15) | ((sc[s - 4] >> 6) << 4);
+        mn = (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
     }
-    const float s = hsum8(acc);
-    if (LX == 1) {  /* uniform over the group: no work-item reaches the barriers below */
+    gbytes qs = b + 16 + 32 * (s >> 1);
+    const uchar shift = 4 * (s & 1);
+    return dot32_affine(ld_f16(b) * (float)scale, -(ld_f16(b + 2) * (float)mn), (ld8b(qs) >> shift) & (uchar)15,
+                        (ld8b(qs + 8) >> shift) & (uchar)15, (ld8b(qs + 16) >> shift) & (uchar)15,
+                        (ld8b(qs + 24) >> shift) & (uchar)15, x);
+}
+
+/* the other types through their block reader */
+#define DOT32_BY_READER(name, qt)                                                                \
+    HOT float8 dot32_##name(gbytes row, const int u, const int nv, global const float *x) {  \
+        float8 w[4];                                                                             \
+        deq32(qt, row, u, nv, w);                                                                \
+        return dot32v(w, x, nv);                                                                 \
+    }
+DOT32_BY_READER(f32, QT_F32)
+DOT32_BY_READER(f16, QT_F16)
+DOT32_BY_READER(q5_0, QT_Q5_0)
+DOT32_BY_READER(q6_k, QT_Q6_K)
+
+/* one token: row r of the grid's second axis; LX work-items share a row */
+#define MATVEC_ROWS(DOT)                                                                         \
+    const int lx = get_local_id(0), LX = get_local_size(0);                                      \
+    const int r = get_global_id(1);                                                              \
+    float8 acc = 0.0f;                                                                           \
+    if (r < rows) {                                                                              \
+        gbytes row = W + (size_t)r * row_bytes;                                                  \
+        const int units = (cols + 31) / 32;                                                      \
+        for (int u = lx; u < units; u += LX) acc += DOT(row, u, min(32, cols - 32 * u), X + 32 * u); \
+    }                                                                                            \
+    matvec_store(hsum8(acc), r, rows, Y, red);
+
+/* the LX partial sums of row r meet in local memory; LX == 1 (uniform over the group): no
+ * work-item reaches a barrier */
+inline void matvec_store(const float s, const int r, const int rows, global float *Y, local float *red) {
+    const int lx = get_local_id(0), LX = get_local_size(0);
+    if (LX == 1) {
         if (r < rows) Y[r] = s;
         return;
     }
@@ -149,6 +173,6 @@ inline void matvec_rows(const int qt, gbytes W, const int row_bytes, const int c
     kernel void matvec_##name(global const uchar *W, const int row_bytes, const int cols,       \
                               const int rows, global const float *X, global float *Y,           \
                               local float *red) {                                               \
-        matvec_rows(qt, W, row_bytes, cols, rows, X, Y, red);                                   \
+        MATVEC_ROWS(dot32_##name)                                                                \
     }
 FOR_EACH_WEIGHT_TYPE(MATMUL_KERNELS)
