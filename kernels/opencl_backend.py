@@ -24,6 +24,18 @@ sizes from the device and kernel (powers of two where a kernel reduces).
   walks a whole row; dot products without materializing the dequantized weights where the
   type allows, see matmul.cl) and `attn_decode` (kv store, scores, softmax and values in
   one launch instead of four; its device time is the attention op's).
+- Fusion (resident ops only, `fuse`): an op may hand back a `CLArray` whose kernel is held
+  back (a `_Lazy`), so that the op reading it launches one fused kernel instead:
+  matmuls of one token held back until read, then every held-back matmul of the same input
+  runs in one `matvec3_<type>` launch (attention's q, k, v); `silu_mul`/`gelu_mul` of two
+  held-back matmuls of one input is one `matvec_glu_<type>` (gate, up, product); an `add`
+  read by `rms_norm` is one `add_rms_norm` (the sum is stored too: it is the residual);
+  the ropes of q and k read by a one-token attention are done inside `attn_decode`.
+  Anything else that reads a held-back result (`to_host`, another op) launches its kernel
+  then, so results never change. With the default `fuse=None` nothing is held back while
+  `profile` is on (a recorder attached): every op's kernels and device time are its own.
+  With `fuse=True` under a recorder, a fused kernel's device time is the reading op's (the
+  held-back ops show none). SmolLM2 decode: 455 -> 216 launches a token.
 - Launch cost: scalar argument types are declared to pyopencl from the kernels' argument
   info, which cuts a launch's host time several-fold (PoCL: ~35 -> ~5 us).
 - Timing: the queue has PROFILING_ENABLE; every kernel and copy is noted, and once a
@@ -43,6 +55,7 @@ sizes from the device and kernel (powers of two where a kernel reduces).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,15 +181,16 @@ class CLArray:
     forwards (shape, size, reshape, x[a:b] on the first axis); `np.asarray(x)` and
     `backend.to_host(x)` copy it to the host (waiting for the queue)."""
 
-    __slots__ = ("buf", "shape", "backend")
+    __slots__ = ("buf", "shape", "backend", "lazy")
     dtype = np.dtype(np.float32)
 
-    def __init__(self, buf, shape, backend):
+    def __init__(self, buf, shape, backend, lazy=None):
         self.buf, self.shape, self.backend = buf, tuple(int(s) for s in shape), backend
+        self.lazy = lazy  # a _Lazy while the kernel that writes buf is not launched yet
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape))
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -195,11 +209,11 @@ class CLArray:
     def reshape(self, *shape) -> "CLArray":
         shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         if -1 in shape:
-            known = int(np.prod([s for s in shape if s != -1]))
+            known = math.prod(s for s in shape if s != -1)
             shape = tuple(self.size // known if s == -1 else s for s in shape)
-        if int(np.prod(shape)) != self.size:
+        if math.prod(shape) != self.size:
             raise ValueError(f"cannot reshape CLArray of shape {self.shape} into {shape}")
-        return CLArray(self.buf, shape, self.backend)
+        return CLArray(self.buf, shape, self.backend, self.lazy)
 
     def __getitem__(self, key) -> "CLArray":
         if not isinstance(key, slice) or key.step not in (None, 1):
@@ -210,6 +224,17 @@ class CLArray:
     def __array__(self, dtype=None, copy=None):
         host = self.backend.to_host(self)
         return host if dtype is None else host.astype(dtype)
+
+
+class _Lazy:
+    """The launch that will write a CLArray's buffer, held back so that the op reading it can
+    launch one fused kernel instead (see OpenCLBackend, "Fusion"). Every view of the array
+    shares it; `kind` becomes None once launched."""
+
+    __slots__ = ("kind", "args")
+
+    def __init__(self, kind: str, args: tuple):
+        self.kind, self.args = kind, args
 
 
 @dataclass
@@ -257,7 +282,7 @@ class OpenCLBackend(Backend):
     name = "opencl"
 
     def __init__(self, device: int | str | None = None, weights: str = "auto", profile: bool = False,
-                 resident: bool | str = "auto"):
+                 resident: bool | str = "auto", fuse: bool | None = None):
         """weights: "auto" (in place where the device shares host memory, else copied),
         "host_ptr" (always CL_MEM_USE_HOST_PTR) or "copy" (always copied to the device).
         resident: True: ops return CLArrays and nothing waits for the queue until `to_host`
@@ -265,7 +290,9 @@ class OpenCLBackend(Backend):
         "auto" (default): False until `prepare()` (a model about to run its forwards through
         ops.py), then True - direct callers get numpy, a model's forward stays on the device.
         While `profile` is on (a recorder attached) a resident op still waits for its own
-        commands, so each op's device time and wall time are its own."""
+        commands, so each op's device time and wall time are its own.
+        fuse: whether resident ops may hold back a launch for the op that reads the result
+        ("Fusion" in the module docstring); None (default): yes unless `profile` is on."""
         if weights not in ("auto", "host_ptr", "copy"):
             raise ValueError(f"weights must be 'auto', 'host_ptr' or 'copy', not {weights!r}")
         if resident not in (True, False, "auto"):
@@ -300,6 +327,9 @@ class OpenCLBackend(Backend):
         self.is_cpu = bool(self.device.type & cl.device_type.CPU)
         self.matvec_lx, self.matvec_group = (1, MATVEC_GROUP_CPU) if self.is_cpu else (MATMUL_LX, MATMUL_GROUP)
         self._rope_cs: tuple = (None, None)  # (key, device buffer of cos/sin) of the last rope
+        self._plans: dict = {}  # launch shapes and constant arguments of decode matvecs
+        self.fuse = fuse
+        self._batchable: list = []  # held-back matvecs (_Lazy) that one launch may run together
         self.kernel_events: list[dict] = []
         self._weights: dict[int, tuple] = {}  # id(tensor) -> (tensor, Buffer)
         self._pending: list = []  # (kernel name, event) of the commands not yet waited for
@@ -347,6 +377,8 @@ class OpenCLBackend(Backend):
         itself where the device shares host memory (CL_MEM_USE_HOST_PTR: no copy command),
         else a fresh copy."""
         if isinstance(x, CLArray):
+            if x.lazy is not None and x.lazy.kind is not None:
+                self._force(x.lazy)
             return x.buf
         x = np.ascontiguousarray(x, dtype=dtype)
         self._keep.append(x)  # read by commands in flight: alive until the op completes
@@ -387,13 +419,14 @@ class OpenCLBackend(Backend):
     def _rows(self, x: CLArray, a: int, b: int) -> CLArray:
         """Rows a..b of x's first axis, as a new device array."""
         row = x.size // x.shape[0] if x.shape[0] else 0
-        buf = self._alloc(max(1, (b - a) * row))
+        src, buf = self._in(x), self._alloc(max(1, (b - a) * row))
         if b > a and row:
-            ev = self.cl.enqueue_copy(self.queue, buf, x.buf, byte_count=4 * (b - a) * row, src_offset=4 * a * row)
+            ev = self.cl.enqueue_copy(self.queue, buf, src, byte_count=4 * (b - a) * row, src_offset=4 * a * row)
             self._pending.append(("copy_d2d", ev))
         return CLArray(buf, (b - a, *x.shape[1:]), self)
 
     def _finish(self) -> None:
+        self._batchable = []  # held-back matvecs stay launchable one by one, no longer batched
         pending, self._pending, self._keep = self._pending, [], []
         if not pending:
             return
@@ -442,7 +475,7 @@ class OpenCLBackend(Backend):
     def to_host(self, x):
         """numpy for a CLArray (waits for the queue); anything else as it is."""
         if isinstance(x, CLArray):
-            return self._out(x.buf, x.shape)
+            return self._out(self._in(x), x.shape)
         return x
 
     def close(self) -> None:
@@ -472,19 +505,97 @@ class OpenCLBackend(Backend):
         n, k = x.shape
         if k != w.cols:
             raise ValueError(f"matmul: x has {k} columns, {getattr(w, 'name', 'w')} has {w.cols}")
-        W, X, Y = self._weight(w), self._in(x), self._alloc(n * w.rows)
+        rows = w.rows
+        W, X, Y = self._weight(w), self._in(x), self._alloc(n * rows)
         if n == 1:
-            kernel = "matvec_" + WEIGHT_TYPES[w.qtype.name]
-            lx, ly = self._matmul_local(kernel, (k + 31) // 32, w.rows, 1, self.matvec_lx, self.matvec_group)
-            self._launch(kernel, (lx, w.rows), (lx, ly), W, np.int32(w.row_bytes), np.int32(k),
-                         np.int32(w.rows), X, Y, self.cl.LocalMemory(4 * lx * ly))
-            return self._result(Y, (n, w.rows))
+            if self._fusing():  # held back: q, k, v may go in one launch, gate and up with their product
+                lz = _Lazy("matvec", (w, W, X, Y))
+                self._batchable.append(lz)
+                return CLArray(Y, (1, rows), self, lz)
+            kernel, gsize, lsize, local = self._matvec_plan("matvec_", w.qtype.name, k, rows)
+            self._launch(kernel, gsize, lsize, W, np.int32(w.row_bytes), np.int32(k), np.int32(rows), X, Y, local)
+            return self._result(Y, (1, rows))
         kernel = "matmul_" + WEIGHT_TYPES[w.qtype.name]
         lx, ly = self._matmul_local(kernel, (k + 31) // 32, w.rows, TOKEN_TILE, self.matmul_lx, self.matmul_group)
         self._launch(kernel, (lx, w.rows, -(-n // TOKEN_TILE)), (lx, ly, 1), W, np.int32(w.row_bytes),
                      np.int32(k), np.int32(w.rows), X, np.int32(n), Y,
                      self.cl.LocalMemory(4 * TOKEN_TILE * lx * ly))
         return self._result(Y, (n, w.rows))
+
+    def _matvec_plan(self, prefix: str, qtype: str, cols: int, rows: int) -> tuple:
+        """(kernel, global size, local size, local memory) of a one-token launch over `rows`
+        rows of `cols` weights, worked out once per shape."""
+        key = (prefix, qtype, cols, rows, self.matvec_lx, self.matvec_group)
+        plan = self._plans.get(key)
+        if plan is None:
+            kernel = prefix + WEIGHT_TYPES[qtype]
+            lx, ly = self._matmul_local(kernel, (cols + 31) // 32, rows, 1, self.matvec_lx, self.matvec_group)
+            plan = self._plans[key] = (kernel, (lx, _round_up(rows, ly)), (lx, ly), self.cl.LocalMemory(4 * lx * ly))
+        return plan
+
+    # ---- fusion: launches held back for the op that reads their result --------------------
+
+    def _fusing(self) -> bool:
+        return self.resident and (not self.profile if self.fuse is None else self.fuse)
+
+    def _force(self, lz: _Lazy) -> None:
+        """Launch a held-back kernel (its result is needed as it is). A matvec goes together
+        with every other held-back matvec of the same input, type and width (q, k, v)."""
+        kind, args = lz.kind, lz.args
+        if kind == "add":
+            A, B, S, N = args
+            lz.kind = None
+            self._launch("add", (N,), (self._local("add", MAX_LOCAL),), A, B, S, np.int32(N))
+            return
+        if kind == "rope":
+            lz.kind = None
+            self._launch("rope", *args)
+            return
+        w, _, X, _ = args
+        same = [z for z in self._batchable if z.kind == "matvec" and z.args[2] is X and
+                z.args[0].qtype.name == w.qtype.name and z.args[0].cols == w.cols and
+                z.args[0].row_bytes == w.row_bytes]
+        if lz not in same:
+            same = [lz]
+        self._batchable = [z for z in self._batchable if z not in same]
+        for i in range(0, len(same), 3):
+            self._matvecs(same[i:i + 3])
+
+    def _matvecs(self, lazies: list) -> None:
+        """One launch for one to three held-back matvecs of one input (matvec3_<type>)."""
+        for z in lazies:
+            z.kind = None
+        w, _, X, _ = lazies[0].args
+        if len(lazies) == 1:
+            _, W, X, Y = lazies[0].args
+            kernel, gsize, lsize, local = self._matvec_plan("matvec_", w.qtype.name, w.cols, w.rows)
+            self._launch(kernel, gsize, lsize, W, np.int32(w.row_bytes), np.int32(w.cols), np.int32(w.rows),
+                         X, Y, local)
+            return
+        parts = lazies + [lazies[0]] * (3 - len(lazies))
+        counts = [z.args[0].rows for z in lazies] + [0] * (3 - len(lazies))
+        kernel, gsize, lsize, local = self._matvec_plan("matvec3_", w.qtype.name, w.cols, sum(counts))
+        self._launch(kernel, gsize, lsize, *(z.args[1] for z in parts), np.int32(w.row_bytes), np.int32(w.cols),
+                     *(np.int32(c) for c in counts), X, *(z.args[3] for z in parts), local)
+
+    def _glu(self, g, u, act: int):
+        """act(g) * u in one launch where g and u are held-back matvecs of the same input
+        (the FFN's gate and up): matvec_glu_<type>; else None."""
+        if not (self._fusing() and isinstance(g, CLArray) and isinstance(u, CLArray) and g.shape == u.shape):
+            return None
+        a, b = g.lazy, u.lazy
+        if a is None or b is None or a is b or a.kind != "matvec" or b.kind != "matvec":
+            return None
+        (wg, Wg, X, _), (wu, Wu, Xu, _) = a.args, b.args
+        if Xu is not X or wg.qtype.name != wu.qtype.name or (wg.rows, wg.cols, wg.row_bytes) != \
+                (wu.rows, wu.cols, wu.row_bytes):
+            return None
+        self._batchable = [z for z in self._batchable if z is not a and z is not b]  # g, u stay launchable
+        kernel, gsize, lsize, local = self._matvec_plan("matvec_glu_", wg.qtype.name, wg.cols, wg.rows)
+        Y = self._alloc(wg.rows)
+        self._launch(kernel, gsize, lsize, Wg, Wu, np.int32(wg.row_bytes), np.int32(wg.cols), np.int32(wg.rows),
+                     X, Y, np.int32(act), F32(np.sqrt(2.0 / np.pi)), local)
+        return self._result(Y, g.shape)
 
     def _matmul_local(self, kernel: str, units: int, rows: int, tile: int, max_lx: int,
                       group: int) -> tuple[int, int]:
@@ -503,6 +614,14 @@ class OpenCLBackend(Backend):
         d = x.shape[-1]
         rows = x.size // d
         ls = self._local("rms_norm", min(d, MAX_LOCAL))
+        lz = x.lazy if isinstance(x, CLArray) else None
+        if lz is not None and lz.kind == "add":  # a held-back residual add: add and norm in one launch
+            A, B, S, _ = lz.args
+            lz.kind = None
+            Wt, Y = self._in(weight), self._alloc(x.size)
+            self._launch("add_rms_norm", (rows * ls,), (ls,), A, B, S, Wt, Y, np.int32(d), F32(eps),
+                         self.cl.LocalMemory(4 * ls))
+            return self._result(Y, x.shape)
         X, Wt, Y = self._in(x), self._in(weight), self._alloc(x.size)
         self._launch("rms_norm", (rows * ls,), (ls,), X, Wt, Y, np.int32(d), F32(eps),
                      self.cl.LocalMemory(4 * ls))
@@ -515,8 +634,10 @@ class OpenCLBackend(Backend):
         n_rot = hd if n_rot is None else n_rot
         ls = self._local("rope", min(hd, 64))
         X, CS, Y = self._in(x), self._rotation(pos, theta_base, n_rot), self._alloc(x.size)
-        self._launch("rope", (hd, H, n), (ls, 1, 1), X, CS, Y, np.int32(H), np.int32(hd),
-                     np.int32(n_rot), np.int32(mode == ROPE_NEOX))
+        args = (X, CS, Y, np.int32(H), np.int32(hd), np.int32(n_rot), np.int32(mode == ROPE_NEOX))
+        if n == 1 and self._fusing():  # held back: a decode attention rotates q and k itself
+            return CLArray(Y, x.shape, self, _Lazy("rope", ((hd, H, n), (ls, 1, 1)) + args))
+        self._launch("rope", (hd, H, n), (ls, 1, 1), *args)
         return self._result(Y, x.shape)
 
     def _rotation(self, pos, theta_base: float, n_rot: int):
@@ -548,7 +669,7 @@ class OpenCLBackend(Backend):
     def _elementwise(self, kernel: str, inputs: list, scalars: tuple = ()) -> np.ndarray:
         shape = np.broadcast_shapes(*(a.shape for a in inputs))
         arrays = [a if a.shape == shape else np.broadcast_to(a, shape) for a in inputs]
-        N = int(np.prod(shape))
+        N = math.prod(shape)
         bufs = [self._in(a) for a in arrays]
         Y = self._alloc(N)
         ls = self._local(kernel, MAX_LOCAL)
@@ -556,12 +677,17 @@ class OpenCLBackend(Backend):
         return self._result(Y, shape)
 
     def silu_mul(self, g, u):
-        return self._elementwise("silu_mul", [g, u])
+        y = self._glu(g, u, 0)
+        return self._elementwise("silu_mul", [g, u]) if y is None else y
 
     def gelu_mul(self, g, u):
-        return self._elementwise("gelu_mul", [g, u], (F32(np.sqrt(2.0 / np.pi)),))
+        y = self._glu(g, u, 1)
+        return self._elementwise("gelu_mul", [g, u], (F32(np.sqrt(2.0 / np.pi)),)) if y is None else y
 
     def add(self, a, b):
+        if self._fusing() and isinstance(a, CLArray) and isinstance(b, CLArray) and a.shape == b.shape:
+            A, B, S = self._in(a), self._in(b), self._alloc(a.size)  # held back for an rms_norm
+            return CLArray(S, a.shape, self, _Lazy("add", (A, B, S, a.size)))
         return self._elementwise("add", [a, b])
 
     def scale(self, x, s):
@@ -599,10 +725,17 @@ class OpenCLBackend(Backend):
         win = np.int32(-1 if window is None else window)
         if isinstance(cache, CLKVCache) and n == 1:
             ls = self._local("attn_decode", min(max(T, hd), 64))
+            lq, lk = (a.lazy if isinstance(a, CLArray) else None for a in (q, k))
+            if lq is not None and lk is not None and lq.kind == lk.kind == "rope" and lq.args[3] is lk.args[3] \
+                    and lq.args[7:] == lk.args[7:]:  # held-back ropes of q and k (same rotation): fused here
+                (Q, CS, _, _, _, n_rot, neox), (Kn, *_) = lq.args[2:], lk.args[2:]
+                rot = np.int32(1)  # the rope launches stay held back (launched if their results are read)
+            else:
+                Q, Kn, CS, n_rot, neox, rot = self._in(q), self._in(k), self._in(q), np.int32(0), np.int32(0), np.int32(0)
             O, S = self._alloc(H * hd), self._alloc(H * T)
-            self._launch("attn_decode", (ls, H), (ls, 1), self._in(q), self._in(k), self._in(v),
-                         cache.k[layer], cache.v[layer], S, O, np.int32(H), np.int32(Hkv), np.int32(hd),
-                         np.int32(pos), F32(scale), win, self.cl.LocalMemory(4 * ls))
+            self._launch("attn_decode", (ls, H), (ls, 1), Q, Kn, self._in(v), cache.k[layer], cache.v[layer], S, O,
+                         np.int32(H), np.int32(Hkv), np.int32(hd), np.int32(pos), F32(scale), win, CS, n_rot, neox,
+                         rot, self.cl.LocalMemory(4 * ls), self.cl.LocalMemory(4 * 2 * hd))
             return self._result(O, (n, H * hd))
         if isinstance(cache, CLKVCache):
             K, V = cache.k[layer], cache.v[layer]

@@ -83,6 +83,38 @@ for window in (None, 2):
         pos += n
 
 ran = {e["kernel"] for e in be.drain_kernel_events()}
+
+# fusion (resident, launches held back for the op that reads them): q/k/v in one matvec3,
+# gate/up/product in one matvec_glu, add + rms_norm, ropes inside the decode attention
+fz = OpenCLBackend(device="oclgrind", profile=True, resident=True, fuse=True)
+for name in WEIGHT_TYPES:
+    bs = BY_NAME[name].block_size
+    cols = 256 if bs == 256 else (64 if bs == 32 else 45)
+    w0, w1, w2 = W(name, 5, cols), W(name, 3, cols), W(name, 5, cols)
+    x = f32(1, cols)
+    h = fz.scale(x, 1.0)
+    ys = [fz.matmul(h, w) for w in (w0, w1, w2)]
+    for y, w in zip(ys, (w0, w1, w2)):
+        check(np.asarray(y), ref.matmul(x, w), f"matvec3 {name}")
+    y = fz.silu_mul(fz.matmul(h, w0), fz.matmul(h, w2))
+    check(np.asarray(y), ref.silu_mul(ref.matmul(x, w0), ref.matmul(x, w2)), f"matvec_glu {name}")
+a3, b3, g3 = f32(3, 37), f32(3, 37), f32(37)
+s3 = fz.add(fz.scale(a3, 1.0), fz.scale(b3, 1.0))
+check(np.asarray(fz.rms_norm(s3, g3, 1e-5)), ref.rms_norm(a3 + b3, g3, 1e-5), "add_rms_norm")
+check(np.asarray(s3), a3 + b3, "add_rms_norm sum", exact=True)
+mine, theirs = fz.new_kv_cache(1, 6, Hkv, hd), ref.new_kv_cache(1, 6, Hkv, hd)
+pos = 0
+for n in (2, 1, 1):
+    q, k, v = f32(n, H, hd), f32(n, Hkv, hd), f32(n, Hkv, hd)
+    p = np.arange(pos, pos + n)
+    qr, kr = fz.rope(fz.scale(q, 1.0), p, 1e4, "neox", 6), fz.rope(fz.scale(k, 1.0), p, 1e4, "neox", 6)
+    got = fz.attention(qr, kr, fz.scale(v, 1.0), mine, 0, pos, 0.35, 2)
+    want = ref.attention(ref.rope(q, p, 1e4, "neox", 6), ref.rope(k, p, 1e4, "neox", 6), v, theirs, 0, pos, 0.35, 2)
+    check(np.asarray(got), want, "attention with fused ropes")
+    pos += n
+ran |= {e["kernel"] for e in fz.drain_kernel_events()}
+fz.close()
+
 missing = set(be._kernels) - ran
 if missing:
     sys.exit(f"kernels never launched: {sorted(missing)}")

@@ -55,29 +55,43 @@ kernel void attn_values(global const float *P, global const float *V, global flo
  * T positions into its own row of S (H, T), softmax (max and sum through `red`, LS floats),
  * then the weighted sum of V, one output value per work-item and d. The new key and value
  * are read from k, v (never from the cache, which another work-group is writing): work-group
- * h < Hkv stores those of KV head h; the cache is read at positions < pos only. Arithmetic as attn_scores -> softmax -> attn_values (same sums in the same order). */
+ * h < Hkv stores those of KV head h; the cache is read at positions < pos only.
+ * rot = 1: q and k arrive unrotated and are rotated here (rope.cl's arithmetic, cos/sin of
+ * the position in CS): the two rope launches fused into this one. `qk` (2 hd floats) holds
+ * this group's query and new key. Arithmetic as rope -> attn_scores -> softmax ->
+ * attn_values (the same sums in the same order). */
 kernel void attn_decode(global const float *Q, global const float *k, global const float *v,
                         global float *K, global float *V, global float *S, global float *O,
                         const int H, const int Hkv, const int hd, const int pos, const float scale,
-                        const int window, local float *red) {
+                        const int window, global const float *CS, const int n_rot, const int neox,
+                        const int rot, local float *red, local float *qk) {
     const int lid = get_local_id(0), LS = get_local_size(0), h = get_group_id(1);
     const int g = H / Hkv, kh = h / g, T = pos + 1;
-    global const float *kn = k + (size_t)kh * hd, *vn = v + (size_t)kh * hd;
-    if (h < Hkv)  /* work-group h stores KV head h (no h % g: oclgrind cannot check LLVM's freeze) */
-        for (int d = lid; d < hd; d += LS) {
-            K[((size_t)pos * Hkv + h) * hd + d] = k[(size_t)h * hd + d];
+    global const float *vn = v + (size_t)kh * hd;
+    local float *q = qk, *kn = qk + hd;
+    for (int d = lid; d < hd; d += LS) {
+        q[d] = rot ? rope_value(Q + (size_t)h * hd, d, CS, n_rot, neox) : Q[(size_t)h * hd + d];
+        kn[d] = rot ? rope_value(k + (size_t)kh * hd, d, CS, n_rot, neox) : k[(size_t)kh * hd + d];
+        if (h < Hkv) {  /* work-group h stores KV head h (no h % g: oclgrind cannot check LLVM's freeze) */
+            K[((size_t)pos * Hkv + h) * hd + d] =
+                rot ? rope_value(k + (size_t)h * hd, d, CS, n_rot, neox) : k[(size_t)h * hd + d];
             V[((size_t)pos * Hkv + h) * hd + d] = v[(size_t)h * hd + d];
         }
-    global const float *q = Q + (size_t)h * hd;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
     global float *s = S + (size_t)h * T;
     const int j0 = window < 0 ? 0 : max(0, pos - window + 1);
     float mx = -INFINITY;
     for (int j = lid; j < T; j += LS) {
         float a = -INFINITY;
         if (j >= j0) {
-            global const float *kj = j == pos ? kn : K + ((size_t)j * Hkv + kh) * hd;
             a = 0.0f;
-            for (int d = 0; d < hd; ++d) a += q[d] * kj[d];
+            if (j == pos)
+                for (int d = 0; d < hd; ++d) a += q[d] * kn[d];
+            else {
+                global const float *kj = K + ((size_t)j * Hkv + kh) * hd;
+                for (int d = 0; d < hd; ++d) a += q[d] * kj[d];
+            }
             a *= scale;
         }
         s[j] = a;

@@ -105,6 +105,20 @@ inline float wg_max(float v, local float *red) {
     return r;
 }
 
+/* ---- rotary embedding: element e of one rotated head x (rope.cl; attention.cl rotates q
+ *      and the new k on the fly). cs: cos and sin of the n_rot/2 pairs, interleaved. ---- */
+inline float rope_value(global const float *x, const int e, global const float *cs, const int n_rot,
+                        const int neox) {
+    if (e >= n_rot)
+        return x[e];
+    const int nh = n_rot / 2;
+    const int i = neox ? (e < nh ? e : e - nh) : e >> 1;
+    const int first = neox ? e < nh : (e & 1) == 0;
+    const int i0 = neox ? i : 2 * i, i1 = neox ? i + nh : 2 * i + 1;
+    const float c = cs[2 * i], s = cs[2 * i + 1];
+    return first ? x[i0] * c - x[i1] * s : x[i0] * s + x[i1] * c;
+}
+
 /* ---- block readers: unit u (32 weights) of a row of raw blocks -> w[0..3], four float8
  *      (weights 0-7, 8-15, 16-23, 24-31). Vectors of 8 let CPU compilers use 256-bit SIMD;
  *      GPUs scalarize them. ---- */

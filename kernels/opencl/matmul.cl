@@ -134,26 +134,13 @@ DOT32_BY_READER(f16, QT_F16)
 DOT32_BY_READER(q5_0, QT_Q5_0)
 DOT32_BY_READER(q6_k, QT_Q6_K)
 
-/* one token: row r of the grid's second axis; LX work-items share a row */
-#define MATVEC_ROWS(DOT)                                                                         \
-    const int lx = get_local_id(0), LX = get_local_size(0);                                      \
-    const int r = get_global_id(1);                                                              \
-    float8 acc = 0.0f;                                                                           \
-    if (r < rows) {                                                                              \
-        gbytes row = W + (size_t)r * row_bytes;                                                  \
-        const int units = (cols + 31) / 32;                                                      \
-        for (int u = lx; u < units; u += LX) acc += DOT(row, u, min(32, cols - 32 * u), X + 32 * u); \
-    }                                                                                            \
-    matvec_store(hsum8(acc), r, rows, Y, red);
-
-/* the LX partial sums of row r meet in local memory; LX == 1 (uniform over the group): no
- * work-item reaches a barrier */
-inline void matvec_store(const float s, const int r, const int rows, global float *Y, local float *red) {
+/* the sum of the LX partial sums of one row (every work-item of the row gets it). LX == 1
+ * (the same for the whole group): no work-item reaches a barrier. `red`: LX * LY floats,
+ * free again on return. */
+inline float row_sum(const float s, local float *red) {
     const int lx = get_local_id(0), LX = get_local_size(0);
-    if (LX == 1) {
-        if (r < rows) Y[r] = s;
-        return;
-    }
+    if (LX == 1)
+        return s;
     local float *part = red + get_local_id(1) * LX;
     part[lx] = s;
     barrier(CLK_LOCAL_MEM_FENCE);
@@ -161,18 +148,75 @@ inline void matvec_store(const float s, const int r, const int rows, global floa
         if (lx < k) part[lx] += part[lx + k];
         barrier(CLK_LOCAL_MEM_FENCE);
     }
-    if (r < rows && lx == 0) Y[r] = part[0];
+    const float r = part[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return r;
 }
 
-#define MATMUL_KERNELS(name, qt)                                                                 \
+/* acc += row . x over this work-item's units of a row (LX work-items share a row) */
+#define ROW_DOT(DOT, acc, row)                                                                   \
+    for (int u = get_local_id(0); u < (cols + 31) / 32; u += get_local_size(0))                  \
+        acc += DOT(row, u, min(32, cols - 32 * u), X + 32 * u);
+
+/* gelu (tanh approximation) or silu of g, times u: exactly as elementwise.cl */
+inline float act_mul(const int act, const float g, const float u, const float c) {
+    if (act == 1)
+        return 0.5f * g * (1.0f + tanh(c * (g + 0.044715f * g * g * g))) * u;
+    return g / (1.0f + exp(-g)) * u;
+}
+
+/* Three kinds of one-token kernels per type, grid (LX, rows rounded up to LY):
+ * matvec_<type>: y = W x.
+ * matvec3_<type>: up to three weights of the same type and width that read the same x
+ *   (attention's q, k, v) in one launch: rows [0, r0) of the grid are W0's, the next r1
+ *   W1's, the next r2 W2's (r2 = 0: two weights).
+ * matvec_glu_<type>: y = act(Wg x) * (Wu x) (act 0: silu, 1: gelu): the FFN's gate, up and
+ *   gated product in one launch; a work-item reads x once for both rows. */
+#define MATVEC_KERNELS(name, qt)                                                                 \
+    kernel void matvec_##name(global const uchar *W, const int row_bytes, const int cols,       \
+                              const int rows, global const float *X, global float *Y,           \
+                              local float *red) {                                               \
+        const int r = get_global_id(1);                                                          \
+        float8 acc = 0.0f;                                                                       \
+        if (r < rows) { ROW_DOT(dot32_##name, acc, W + (size_t)r * row_bytes) }                 \
+        const float y = row_sum(hsum8(acc), red);                                                \
+        if (r < rows && get_local_id(0) == 0) Y[r] = y;                                          \
+    }                                                                                            \
+    kernel void matvec3_##name(global const uchar *W0, global const uchar *W1,                  \
+                               global const uchar *W2, const int row_bytes, const int cols,     \
+                               const int r0, const int r1, const int r2,                        \
+                               global const float *X, global float *Y0, global float *Y1,       \
+                               global float *Y2, local float *red) {                            \
+        const int r = get_global_id(1);                                                          \
+        const int in1 = r >= r0, in2 = r >= r0 + r1;                                             \
+        const int rr = in2 ? r - r0 - r1 : (in1 ? r - r0 : r);                                   \
+        gbytes W = in2 ? W2 : (in1 ? W1 : W0);                                                   \
+        global float *Y = in2 ? Y2 : (in1 ? Y1 : Y0);                                            \
+        const int live = r < r0 + r1 + r2;                                                       \
+        float8 acc = 0.0f;                                                                       \
+        if (live) { ROW_DOT(dot32_##name, acc, W + (size_t)rr * row_bytes) }                    \
+        const float y = row_sum(hsum8(acc), red);                                                \
+        if (live && get_local_id(0) == 0) Y[rr] = y;                                             \
+    }                                                                                            \
+    kernel void matvec_glu_##name(global const uchar *Wg, global const uchar *Wu,               \
+                                  const int row_bytes, const int cols, const int rows,          \
+                                  global const float *X, global float *Y, const int act,        \
+                                  const float c, local float *red) {                            \
+        const int r = get_global_id(1);                                                          \
+        float8 ag = 0.0f, au = 0.0f;                                                             \
+        if (r < rows) {                                                                          \
+            ROW_DOT(dot32_##name, ag, Wg + (size_t)r * row_bytes)                                \
+            ROW_DOT(dot32_##name, au, Wu + (size_t)r * row_bytes)                                \
+        }                                                                                        \
+        const float g = row_sum(hsum8(ag), red), u = row_sum(hsum8(au), red);                    \
+        if (r < rows && get_local_id(0) == 0) Y[r] = act_mul(act, g, u, c);                      \
+    }
+
+#define MATMUL_KERNEL(name, qt)                                                                  \
     kernel void matmul_##name(global const uchar *W, const int row_bytes, const int cols,       \
                               const int rows, global const float *X, const int n,               \
                               global float *Y, local float *red) {                              \
         matmul_tile(qt, NT, W, row_bytes, cols, rows, X, n, Y, red);                            \
-    }                                                                                            \
-    kernel void matvec_##name(global const uchar *W, const int row_bytes, const int cols,       \
-                              const int rows, global const float *X, global float *Y,           \
-                              local float *red) {                                               \
-        MATVEC_ROWS(dot32_##name)                                                                \
     }
-FOR_EACH_WEIGHT_TYPE(MATMUL_KERNELS)
+FOR_EACH_WEIGHT_TYPE(MATMUL_KERNEL)
+FOR_EACH_WEIGHT_TYPE(MATVEC_KERNELS)

@@ -13,6 +13,24 @@ kernel void rms_norm(global const float *X, global const float *Wt, global float
     for (int i = lid; i < d; i += ls) y[i] = x[i] * k * Wt[i];
 }
 
+/* s = a + b (stored: the residual stream), y = rms_norm(s) * weight: an add and the norm that
+ * reads its result, in one launch; the same arithmetic as `add` then `rms_norm` */
+kernel void add_rms_norm(global const float *A, global const float *B, global float *S,
+                         global const float *Wt, global float *Y, const int d, const float eps,
+                         local float *red) {
+    const int lid = get_local_id(0), ls = get_local_size(0);
+    const size_t at = (size_t)get_group_id(0) * d;
+    float s = 0.0f;
+    for (int i = lid; i < d; i += ls) {
+        const float x = A[at + i] + B[at + i];
+        S[at + i] = x;
+        s += x * x;
+    }
+    const float ms = wg_sum(s, red) / (float)d;
+    const float k = 1.0f / sqrt(ms + eps);
+    for (int i = lid; i < d; i += ls) Y[at + i] = S[at + i] * k * Wt[i];
+}
+
 /* y = exp(x - max x) / sum exp(x - max x) over rows of m; X may be Y (in place) */
 kernel void softmax(global const float *X, global float *Y, const int m, local float *red) {
     const int lid = get_local_id(0), ls = get_local_size(0);

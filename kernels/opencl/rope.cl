@@ -9,17 +9,5 @@ kernel void rope(global const float *X, global const float *CS, global float *Y,
     const int e = get_global_id(0), h = get_global_id(1), t = get_global_id(2);
     if (e >= hd) return;
     const size_t base = ((size_t)t * H + h) * hd;
-    global const float *x = X + base;
-    float y;
-    if (e >= n_rot) {
-        y = x[e];
-    } else {
-        const int nh = n_rot / 2;
-        const int i = neox ? (e < nh ? e : e - nh) : e >> 1;
-        const int first = neox ? e < nh : (e & 1) == 0;
-        const int i0 = neox ? i : 2 * i, i1 = neox ? i + nh : 2 * i + 1;
-        const float c = CS[((size_t)t * nh + i) * 2], s = CS[((size_t)t * nh + i) * 2 + 1];
-        y = first ? x[i0] * c - x[i1] * s : x[i0] * s + x[i1] * c;
-    }
-    Y[base + e] = y;
+    Y[base + e] = rope_value(X + base, e, CS + (size_t)t * n_rot, n_rot, neox);
 }

@@ -1,0 +1,150 @@
+"""OpenCL fusion: launches held back for the op that reads their result (resident mode), each
+fused kernel against the numpy backend on odd shapes, and the held-back results still right
+when something else reads them.
+
+Fused kernels: matvec3_<type> (up to three matvecs of one input: q, k, v), matvec_glu_<type>
+(gate, up and the gated product), add_rms_norm (residual add and the norm reading it),
+attn_decode with rot=1 (the ropes of q and k inside the decode attention).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_backends import REF, SEED, WEIGHT_TYPES, assert_close, cols_for, randn, random_weight
+
+from kernels.base import ROPE_NEOX, ROPE_NORM, BackendError
+from kernels.qtypes import dequantize
+
+
+@pytest.fixture(scope="module")
+def fused():
+    try:
+        from kernels.opencl_backend import OpenCLBackend
+        b = OpenCLBackend(resident=True, fuse=True, profile=True)  # profile: see which kernels ran
+    except BackendError as e:
+        pytest.skip(f"no usable OpenCL device: {e}")
+    yield b
+    b.close()
+
+
+def _on_device(be, x):
+    """x as a device array of `be` (what a resident forward hands the next op)."""
+    return be.scale(x, 1.0)
+
+
+def _kernels(be) -> list[str]:
+    return [e["kernel"] for e in be.drain_kernel_events() if not e["kernel"].startswith("copy")]
+
+
+def _matmul_ok(got, x, w):
+    bound = np.abs(x) @ np.abs(dequantize(w.data, w.qtype)).T
+    assert np.all(np.abs(np.asarray(got) - REF.matmul(x, w)) <= 1e-5 * bound + 1e-30)
+
+
+def test_the_default_backend_fuses_only_when_resident_and_not_recording():
+    from kernels.opencl_backend import OpenCLBackend
+
+    try:
+        b = OpenCLBackend()
+    except BackendError as e:
+        pytest.skip(f"no usable OpenCL device: {e}")
+    try:
+        assert not b.resident and not b._fusing()  # direct calls: host arrays, nothing held back
+        b.prepare([])
+        assert b.resident and b._fusing()  # a model runs through ops.py
+        b.profile = True
+        assert not b._fusing()  # a recorder: every op's kernels are its own
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("type_name", WEIGHT_TYPES)
+@pytest.mark.parametrize("rows", [(37, 5, 5), (130, 67), (9, 1, 17), (40, 41, 42, 3)])
+def test_matvecs_of_one_input_share_a_launch(fused, type_name, rows):
+    cols = cols_for(type_name, 3)
+    ws = [random_weight(type_name, r, cols, seed=SEED + i) for i, r in enumerate(rows)]
+    x = randn(1, cols)
+    h = _on_device(fused, x)
+    _kernels(fused)
+    ys = [fused.matmul(h, w) for w in ws]
+    assert _kernels(fused) == []  # held back
+    got = [np.asarray(y) for y in ys]  # the first read launches them all
+    name = type_name.lower()
+    want = [f"matvec3_{name}"] + ([f"matvec3_{name}" if len(ws) == 5 else f"matvec_{name}"] if len(ws) > 3 else [])
+    assert _kernels(fused) == want
+    for g, w in zip(got, ws):
+        _matmul_ok(g, x, w)
+
+
+@pytest.mark.parametrize("type_name", WEIGHT_TYPES)
+@pytest.mark.parametrize("op", ["silu_mul", "gelu_mul"])
+def test_gate_up_and_product_in_one_launch(fused, type_name, op):
+    cols = cols_for(type_name, 5)
+    wg, wu = random_weight(type_name, 67, cols, seed=3), random_weight(type_name, 67, cols, seed=4)
+    x = randn(1, cols, scale=0.2)
+    h = _on_device(fused, x)
+    _kernels(fused)
+    y = getattr(fused, op)(fused.matmul(h, wg), fused.matmul(h, wu))
+    assert _kernels(fused) == [f"matvec_glu_{type_name.lower()}"]
+    # the gate and up results, read on their own, are launched then; the fused product is
+    # exactly the elementwise kernel's on them (same dot products, same activation)
+    g, u = fused.matmul(h, wg), fused.matmul(h, wu)
+    _matmul_ok(g, x, wg)
+    _matmul_ok(u, x, wu)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(getattr(fused, op)(np.asarray(g), np.asarray(u))))
+    assert_close(np.asarray(y), getattr(REF, op)(REF.matmul(x, wg), REF.matmul(x, wu)), rtol=1e-4, atol_of_max=1e-5)
+
+
+def test_held_back_gate_and_up_still_read_right(fused):
+    wg, wu = random_weight("Q4_1", 33, 96, seed=5), random_weight("Q4_1", 33, 96, seed=6)
+    x = randn(1, 96)
+    h = _on_device(fused, x)
+    g, u = fused.matmul(h, wg), fused.matmul(h, wu)
+    y = fused.silu_mul(g, u)
+    _matmul_ok(g, x, wg)  # read after the fused launch: launched on their own
+    _matmul_ok(u, x, wu)
+    assert_close(np.asarray(y), REF.silu_mul(REF.matmul(x, wg), REF.matmul(x, wu)), rtol=1e-4, atol_of_max=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 576), (3, 77), (2, 5, 33)])
+def test_residual_add_and_norm_in_one_launch(fused, shape):
+    a, b, w = randn(*shape), randn(*shape, seed=3), randn(shape[-1], seed=4)
+    A, B = _on_device(fused, a), _on_device(fused, b)
+    _kernels(fused)
+    s = fused.add(A, B)
+    assert _kernels(fused) == []
+    y = fused.rms_norm(s, w, 1e-5)
+    assert _kernels(fused) == ["add_rms_norm"]
+    np.testing.assert_array_equal(np.asarray(s), REF.add(a, b))  # the sum is stored too
+    assert_close(np.asarray(y), REF.rms_norm(REF.add(a, b), w, 1e-5))
+    s2 = fused.add(A, B)  # read without a norm: the add itself is launched
+    np.testing.assert_array_equal(np.asarray(s2), REF.add(a, b))
+    assert _kernels(fused) == ["add"]
+
+
+@pytest.mark.parametrize("mode", [ROPE_NORM, ROPE_NEOX])
+@pytest.mark.parametrize("H,Hkv,hd,n_rot,window", [(6, 2, 16, None, None), (9, 3, 64, None, 4), (4, 4, 12, 8, None)])
+def test_ropes_fused_into_decode_attention(fused, mode, H, Hkv, hd, n_rot, window):
+    n_ctx, layer, theta = 24, 1, 10000.0
+    mine, ref = fused.new_kv_cache(2, n_ctx, Hkv, hd), REF.new_kv_cache(2, n_ctx, Hkv, hd)
+    pos = 0
+    for step, n in enumerate([5, 1, 1, 1, 3, 1]):
+        seed = 10 * step
+        q, k, v = randn(n, H, hd, seed=seed), randn(n, Hkv, hd, seed=seed + 1), randn(n, Hkv, hd, seed=seed + 2)
+        p = np.arange(pos, pos + n)
+        _kernels(fused)
+        qr = fused.rope(_on_device(fused, q), p, theta, mode, n_rot)
+        kr = fused.rope(_on_device(fused, k), p, theta, mode, n_rot)
+        got = fused.attention(qr, kr, _on_device(fused, v), mine, layer, pos, 1 / np.sqrt(hd), window)
+        ran = _kernels(fused)
+        if n == 1:
+            assert "rope" not in ran and "attn_decode" in ran
+        want = REF.attention(REF.rope(q, p, theta, mode, n_rot), REF.rope(k, p, theta, mode, n_rot), v, ref, layer,
+                             pos, 1 / np.sqrt(hd), window)
+        assert_close(np.asarray(got), want, rtol=1e-5, atol_of_max=1e-6)
+        # the rotated q, read afterwards, is launched then and matches the reference rope
+        np.testing.assert_allclose(np.asarray(qr), REF.rope(q, p, theta, mode, n_rot), rtol=1e-5, atol=1e-6)
+        pos += n
+    hk, _ = fused.kv_to_host(mine, layer)
+    np.testing.assert_allclose(hk[:pos], ref.k[layer][:pos], rtol=1e-5, atol=1e-6)  # stored rotated
