@@ -33,14 +33,13 @@
 
 typedef global const uchar *gbytes;
 
-/* IEEE half bits (the low 16 bits of h) -> float, exactly: the magnitude moved into a
- * float's exponent and mantissa bits, times 2^112 (rebiases the exponent; subnormal halves
- * become normal floats exactly), inf/nan kept, sign restored. */
+/* IEEE half bits (the low 16 bits of h) -> float, exactly: sign, exponent and mantissa moved
+ * into a float's bits, times 2^112 (rebiases the exponent; subnormal halves become normal
+ * floats exactly; the sign rides along), inf/nan kept. */
 inline float f16(uint h) {
-    const uint mag = (h & 0x7fffu) << 13;
-    uint r = as_uint(as_float(mag) * 0x1p112f);
-    r |= (0u - (((h & 0x7c00u) + 0x0400u) >> 15)) & 0x7f800000u;  /* exponent 31: inf/nan */
-    return as_float(r | ((h & 0x8000u) << 16));
+    const uint bits = ((h & 0x8000u) << 16) | ((h & 0x7fffu) << 13);  /* sign survives the product */
+    const float f = as_float(bits) * 0x1p112f;
+    return (h & 0x7c00u) == 0x7c00u ? as_float(bits | 0x7f800000u) : f;  /* exponent 31: inf/nan */
 }
 
 inline float8 f16x8(ushort8 h) {

@@ -155,8 +155,11 @@ inline float row_sum(const float s, local float *red) {
 
 /* acc += row . x over this work-item's units of a row (LX work-items share a row) */
 #define ROW_DOT(DOT, acc, row)                                                                   \
-    for (int u = get_local_id(0); u < (cols + 31) / 32; u += get_local_size(0))                  \
-        acc += DOT(row, u, min(32, cols - 32 * u), X + 32 * u);
+    {                                                                                            \
+        const uint units_ = (cols + 31) / 32, step_ = get_local_size(0);                         \
+        for (uint u = get_local_id(0); u < units_; u += step_)                                   \
+            acc += DOT(row, u, min(32, cols - 32 * (int)u), X + 32 * u);                          \
+    }
 
 /* gelu (tanh approximation) or silu of g, times u: exactly as elementwise.cl */
 inline float act_mul(const int act, const float g, const float u, const float c) {
