@@ -395,14 +395,16 @@ def run_overhead(model: str, n: int = 16, repeat: int = 5, weight_cache: str = "
                 runs[k].append(decode(mode))
     finally:
         m.close()
-    base = statistics.median(runs["recording off"])
+    # two estimators: medians, and the best runs (noise on a shared machine only adds time,
+    # so the fastest run of each mode is the least disturbed one)
+    base, best = statistics.median(runs["recording off"]), max(runs["recording off"])
     out = {}
     for k, v in runs.items():
         med = statistics.median(v)
         out[k] = {"median_tps": med, "min_tps": min(v), "max_tps": max(v), "runs": len(v),
-                  "slowdown_vs_off": base / med - 1.0}
+                  "slowdown_vs_off": base / med - 1.0, "slowdown_vs_off_best": best / max(v) - 1.0}
         log(f"{k:55s} {med:7.2f} tok/s (min {min(v):.2f}, max {max(v):.2f}, {len(v)} runs)  "
-            f"{100 * (base / med - 1):+.1f} % vs off")
+            f"{100 * (base / med - 1):+.1f} % vs off (best runs: {100 * (best / max(v) - 1):+.1f} %)")
     return {"model": model, "n_tokens": n, "repeat": repeat, "weight_cache": weight_cache, "modes": out,
             "machine": machine_info()}
 
