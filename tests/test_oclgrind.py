@@ -55,13 +55,17 @@ def check(got, want, what, exact=False):
         sys.exit(f"MISMATCH {what}: max diff {np.max(np.abs(got - want))}")
 
 f32 = lambda *s: rng.standard_normal(s).astype(np.float32)
+LAYOUTS = [(be.matmul_lx, be.matmul_group, be.matvec_lx, be.matvec_group), (4, 16, 4, 16)]  # this device's; GPU-like
 for name in WEIGHT_TYPES:
     bs = BY_NAME[name].block_size
     w = W(name, 5, 256 if bs == 256 else (64 if bs == 32 else 45))   # 45: a ragged F32/F16 unit
     check(be.embed(w, np.array([4, 0, 2])), ref.embed(w, np.array([4, 0, 2])), "embed " + name, exact=True)
-    for n in (1, 9):   # matvec (1 token) and matmul (two token tiles, the second ragged)
-        x = f32(n, w.cols)
-        check(be.matmul(x, w), ref.matmul(x, w), f"matmul {name} n={n}")
+    for layout in LAYOUTS:  # one work-item per row, and rows split over work-items (reductions)
+        be.matmul_lx, be.matmul_group, be.matvec_lx, be.matvec_group = layout
+        for n in (1, 9):   # matvec (1 token) and matmul (two token tiles, the second ragged)
+            x = f32(n, w.cols)
+            check(be.matmul(x, w), ref.matmul(x, w), f"matmul {name} n={n} layout={layout}")
+be.matmul_lx, be.matmul_group, be.matvec_lx, be.matvec_group = LAYOUTS[0]
 
 x, g = f32(3, 37), f32(37)
 check(be.rms_norm(x, g, 1e-5), ref.rms_norm(x, g, 1e-5), "rms_norm")
@@ -87,11 +91,12 @@ ran = {e["kernel"] for e in be.drain_kernel_events()}
 # fusion (resident, launches held back for the op that reads them): q/k/v in one matvec3,
 # gate/up/product in one matvec_glu, add + rms_norm, ropes inside the decode attention
 fz = OpenCLBackend(device="oclgrind", profile=True, resident=True, fuse=True)
-for name in WEIGHT_TYPES:
+for name, layout in [(t, LAYOUTS[0]) for t in WEIGHT_TYPES] + [("Q4_1", LAYOUTS[1]), ("F32", LAYOUTS[1])]:
+    fz.matmul_lx, fz.matmul_group, fz.matvec_lx, fz.matvec_group = layout
     bs = BY_NAME[name].block_size
     cols = 256 if bs == 256 else (64 if bs == 32 else 45)
     w0, w1, w2 = W(name, 5, cols), W(name, 3, cols), W(name, 5, cols)
-    x = f32(1, cols)
+    x = f32(1, cols) * np.float32(0.02)  # gate values of a few units: silu neither 0 nor overflowing
     h = fz.scale(x, 1.0)
     ys = [fz.matmul(h, w) for w in (w0, w1, w2)]
     for y, w in zip(ys, (w0, w1, w2)):

@@ -82,7 +82,7 @@ def test_matvecs_of_one_input_share_a_launch(fused, type_name, rows):
 def test_gate_up_and_product_in_one_launch(fused, type_name, op):
     cols = cols_for(type_name, 5)
     wg, wu = random_weight(type_name, 67, cols, seed=3), random_weight(type_name, 67, cols, seed=4)
-    x = randn(1, cols, scale=0.2)
+    x = randn(1, cols, scale=0.02)  # gate values of a few units: silu neither 0 nor overflowing
     h = _on_device(fused, x)
     _kernels(fused)
     y = getattr(fused, op)(fused.matmul(h, wg), fused.matmul(h, wu))
@@ -148,3 +148,36 @@ def test_ropes_fused_into_decode_attention(fused, mode, H, Hkv, hd, n_rot, windo
         pos += n
     hk, _ = fused.kv_to_host(mine, layer)
     np.testing.assert_allclose(hk[:pos], ref.k[layer][:pos], rtol=1e-5, atol=1e-6)  # stored rotated
+
+
+@pytest.fixture(scope="module")
+def gpu_layout():
+    """PoCL running the kernels in the layout other devices get: rows split over work-items
+    (tree reductions in local memory), as on a GPU."""
+    try:
+        from kernels.opencl_backend import MATMUL_GROUP, MATMUL_LX, OpenCLBackend
+        b = OpenCLBackend(resident=True, fuse=True)
+    except BackendError as e:
+        pytest.skip(f"no usable OpenCL device: {e}")
+    b.matmul_lx, b.matmul_group, b.matvec_lx, b.matvec_group = MATMUL_LX, MATMUL_GROUP, MATMUL_LX, MATMUL_GROUP
+    yield b
+    b.close()
+
+
+@pytest.mark.parametrize("type_name", WEIGHT_TYPES)
+@pytest.mark.parametrize("rows,units,n", [(37, 3, 1), (130, 18, 1), (67, 8, 17), (7, 9, 8)])
+def test_rows_split_over_work_items(gpu_layout, type_name, rows, units, n):
+    be = gpu_layout
+    w = random_weight(type_name, rows, cols_for(type_name, units))
+    x = randn(n, w.cols)
+    _matmul_ok(be.matmul(x, w), x, w)
+    if n == 1:  # the fused one-token kernels too
+        w2 = random_weight(type_name, rows, w.cols, seed=SEED + 1)
+        h = _on_device(be, x)
+        ys = [be.matmul(h, w), be.matmul(h, w2)]
+        _matmul_ok(ys[0], x, w)
+        _matmul_ok(ys[1], x, w2)
+        xs = x * np.float32(0.01)  # gate values of a few units: silu neither 0 nor overflowing
+        hs = _on_device(be, xs)
+        y = be.silu_mul(be.matmul(hs, w), be.matmul(hs, w2))
+        assert_close(np.asarray(y), REF.silu_mul(REF.matmul(xs, w), REF.matmul(xs, w2)), rtol=1e-4, atol_of_max=1e-5)

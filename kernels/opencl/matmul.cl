@@ -207,9 +207,14 @@ inline float act_mul(const int act, const float g, const float u, const float c)
                                   const float c, local float *red) {                            \
         const int r = get_global_id(1);                                                          \
         float8 ag = 0.0f, au = 0.0f;                                                             \
-        if (r < rows) {                                                                          \
-            ROW_DOT(dot32_##name, ag, Wg + (size_t)r * row_bytes)                                \
-            ROW_DOT(dot32_##name, au, Wu + (size_t)r * row_bytes)                                \
+        if (r < rows) {  /* both rows in one pass over x */                                     \
+            gbytes rg = Wg + (size_t)r * row_bytes, ru = Wu + (size_t)r * row_bytes;             \
+            const uint units = (cols + 31) / 32, step = get_local_size(0);                       \
+            for (uint u = get_local_id(0); u < units; u += step) {                               \
+                const int nv = min(32, cols - 32 * (int)u);                                      \
+                ag += dot32_##name(rg, u, nv, X + 32 * u);                                       \
+                au += dot32_##name(ru, u, nv, X + 32 * u);                                       \
+            }                                                                                    \
         }                                                                                        \
         const float g = row_sum(hsum8(ag), red), u = row_sum(hsum8(au), red);                    \
         if (r < rows && get_local_id(0) == 0) Y[r] = act_mul(act, g, u, c);                      \
