@@ -732,8 +732,9 @@ class OpenCLBackend(Backend):
                     and lq.args[7:] == lk.args[7:]:  # held-back ropes of q and k (same rotation): fused here
                 (Q, CS, _, _, _, n_rot, neox), (Kn, *_) = lq.args[2:], lk.args[2:]
                 rot = np.int32(1)  # the rope launches stay held back (launched if their results are read)
-            else:
-                Q, Kn, CS, n_rot, neox, rot = self._in(q), self._in(k), self._in(q), np.int32(0), np.int32(0), np.int32(0)
+            else:  # q and k as they are (CS: any buffer, unread)
+                Q, Kn, rot = self._in(q), self._in(k), np.int32(0)
+                CS, n_rot, neox = Q, np.int32(0), np.int32(0)
             O, S = self._alloc(H * hd), self._alloc(H * T)
             self._launch("attn_decode", (ls, H), (ls, 1), Q, Kn, self._in(v), cache.k[layer], cache.v[layer], S, O,
                          np.int32(H), np.int32(Hkv), np.int32(hd), np.int32(pos), F32(scale), win, CS, n_rot, neox,
