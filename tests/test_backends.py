@@ -559,7 +559,7 @@ def test_op_bench_shows_both_numexpr_paths():
 
 @pytest.mark.parametrize("weight_type", ["Q8_0", "F32"])
 def test_f32_cache_holds_each_weight_dequantized(tmp_path, weight_type, monkeypatch):
-    """prepare() dequantizes in bands over threads: every cached weight equals a whole-tensor
+    """prepare() dequantizes in bands of rows: every cached weight equals a whole-tensor
     dequantization (bands of 7 rows here, so bands end mid-tensor), and nothing is missed."""
     import kernels.numpy_backend as nb
     import workbench
