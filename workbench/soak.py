@@ -46,15 +46,14 @@ def run_soak(models: list[str], backends: list[str], minutes: float, weight_cach
     from .model import load
     from .profile import run_profile
 
-    loaded = []
-    for name in models:
-        for be in backends:
-            wc = "none" if be == "opencl" else weight_cache
-            loaded.append((f"{name}/{be}", be, wc, load(name, backend=be, weight_cache=wc)))
-    samples, t0 = [], time.monotonic()
-    deadline = t0 + minutes * 60
-    rounds = 0
+    loaded, samples, rounds = [], [], 0
     try:
+        for name in models:
+            for be in backends:
+                wc = "none" if be == "opencl" else weight_cache
+                loaded.append((f"{name}/{be}", be, wc, load(name, backend=be, weight_cache=wc)))
+        t0 = time.monotonic()
+        deadline = t0 + minutes * 60
         with tempfile.TemporaryDirectory(prefix="workbench-soak-") as tmp:
             while True:
                 rounds += 1
