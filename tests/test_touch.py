@@ -90,3 +90,23 @@ def test_profile_schema_version_is_checked(tmp_path):
     (tmp_path / "profile.json").write_text("{not json")
     with pytest.raises(ProfileError, match="cannot read"):
         load_profile(tmp_path)
+
+
+def test_recording_collects_garbage_less_often_and_restores(tiny_model_path):
+    import gc
+
+    from workbench.instrument.recorder import GC_THRESHOLD_WHILE_RECORDING, record
+
+    m = workbench.load(tiny_model_path)
+    before = gc.get_threshold()
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            with record(m, faults=False, touch=False) as rec:
+                assert gc.get_threshold()[0] == max(before[0], GC_THRESHOLD_WHILE_RECORDING)
+                assert gc.get_threshold()[1:] == before[1:]
+                m.forward(m.new_state(8), [1, 2, 3])
+                raise RuntimeError("boom")
+        assert gc.get_threshold() == before and m.ops.recorder is None
+        assert len(rec.events) > 0
+    finally:
+        m.close()
