@@ -33,6 +33,15 @@
 
 typedef global const uchar *gbytes;
 
+/* the per-unit dot products must be inlined into the row loop: PoCL 3.0 left even the
+ * smallest of them as calls. always_inline is a clang attribute (most OpenCL compilers are
+ * clang-based); elsewhere plain inline. */
+#if defined(__clang__)
+#define HOT inline __attribute__((always_inline))
+#else
+#define HOT inline
+#endif
+
 /* IEEE half bits (the low 16 bits of h) -> float, exactly: sign, exponent and mantissa moved
  * into a float's bits, times 2^112 (rebiases the exponent; subnormal halves become normal
  * floats exactly; the sign rides along), inf/nan kept. */
@@ -197,18 +206,21 @@ inline void deq32_q8_0(gbytes row, int u, float8 *w) {
  * scales[s + 4]; else the nibbles of scales[s + 4] below the top 2 bits of scales[s - 4]
  * and scales[s]. qs: 4 runs of 32 bytes, run s/2, low nibbles for even s, high for odd.
  * w = (d * scale) * q - (dmin * min) */
+HOT void q4_k_scale_min(gbytes sc, const int s, int *scale, int *mn) {
+    if (s < 4) {
+        *scale = sc[s] & 63;
+        *mn = sc[s + 4] & 63;
+    } else {
+        *scale = (sc[s + 4] & 15) | ((sc[s - 4] >> 6) << 4);
+        *mn = (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
+    }
+}
+
 inline void deq32_q4_k(gbytes row, int u, float8 *w) {
     gbytes b = row + 144 * (u >> 3);
     const int s = u & 7;
-    gbytes sc = b + 4;
     int scale, mn;
-    if (s < 4) {
-        scale = sc[s] & 63;
-        mn = sc[s + 4] & 63;
-    } else {
-        scale = (sc[s + 4] & 15) | ((sc[s - 4] >> 6) << 4);
-        mn = (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
-    }
+    q4_k_scale_min(b + 4, s, &scale, &mn);
     const float dl = ld_f16(b) * (float)scale, ml = ld_f16(b + 2) * (float)mn;
     gbytes qs = b + 16 + 32 * (s >> 1);
     const uchar shift = 4 * (s & 1);

@@ -21,14 +21,6 @@
 #define NT 8
 #endif
 
-/* the per-unit dot products must be inlined into the row loop: PoCL 3.0 left even the
- * smallest of them as calls. always_inline is a clang attribute (most OpenCL compilers are
- * clang-based); elsewhere plain inline. */
-#if defined(__clang__)
-#define HOT inline __attribute__((always_inline))
-#else
-#define HOT inline
-#endif
 
 inline void matmul_tile(const int qt, const int tile, gbytes W, const int row_bytes, const int cols,
                         const int rows, global const float *X, const int n, global float *Y,
@@ -104,17 +96,10 @@ HOT float8 dot32_q4_1(gbytes row, const int u, const int nv, global const float 
 }
 
 HOT float8 dot32_q4_k(gbytes row, const int u, const int nv, global const float *x) {
-    gbytes b = row + 144 * (u >> 3);  /* sub-block u & 7: scale and min as in deq32_q4_k */
+    gbytes b = row + 144 * (u >> 3);  /* sub-block u & 7, as in deq32_q4_k */
     const int s = u & 7;
-    gbytes sc = b + 4;
     int scale, mn;
-    if (s < 4) {
-        scale = sc[s] & 63;
-        mn = sc[s + 4] & 63;
-    } else {
-        scale = (sc[s + 4] & 15) | ((sc[s - 4] >> 6) << 4);
-        mn = (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
-    }
+    q4_k_scale_min(b + 4, s, &scale, &mn);
     gbytes qs = b + 16 + 32 * (s >> 1);
     const uchar shift = 4 * (s & 1);
     return dot32_affine(ld_f16(b) * (float)scale, -(ld_f16(b + 2) * (float)mn), (ld8b(qs) >> shift) & (uchar)15,
