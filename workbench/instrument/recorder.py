@@ -61,6 +61,7 @@ _ndarray = np.ndarray
 _now = time.perf_counter_ns
 _cpu = time.thread_time_ns
 _getrusage = resource.getrusage
+_NO_FAULTS = (-1, -1)
 
 
 @dataclass
@@ -90,7 +91,7 @@ class Recorder:
 
     def op(self, ops, name, be, fn, args, weight, rows, flops):
         """Run one op and note it. The hot path only reads clocks and appends a tuple."""
-        t_enter = time.perf_counter_ns()
+        t_enter = _now()
         if self.residency is not None and self._step != (ops.phase, ops.pos):
             self._step = (ops.phase, ops.pos)
             self.sample(ops.phase, ops.pos)
@@ -107,12 +108,16 @@ class Recorder:
             t0 = _now()
             out = fn(*args)
             t1 = _now()
-            cpu, flt = -1, (-1, -1)
-        dev = be.drain_kernel_events() if be in self.device_timed else None
+            cpu, flt = -1, _NO_FAULTS
+        dev = be.drain_kernel_events() if self.device_timed and be in self.device_timed else None
+        if out.__class__ is _ndarray:
+            out_shape, dtype = out.shape, out.dtype
+        else:
+            out_shape, dtype = getattr(out, "shape", ()), getattr(out, "dtype", "")
         self._raw.append((name, ops.layer, weight, be, ops.phase, ops.pos,
-                          [a.shape for a in args if a.__class__ is _ndarray], getattr(out, "shape", ()),
-                          getattr(out, "dtype", ""), t0, t1, cpu, flt, rows, flops, dev))
-        self.overhead_ns += (time.perf_counter_ns() - t_enter) - (t1 - t0)
+                          [a.shape for a in args if a.__class__ is _ndarray], out_shape, dtype,
+                          t0, t1, cpu, flt, rows, flops, dev))
+        self.overhead_ns += (_now() - t_enter) - (t1 - t0)
         return out
 
     @property
