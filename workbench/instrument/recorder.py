@@ -36,7 +36,7 @@ class OpEvent:
     phase: str  # "prefill" / "decode"
     pos: int  # first position of the batch
     n_tokens: int
-    in_shapes: list
+    in_shapes: list  # [shape of the activation input] (embed: the token ids)
     out_shape: list
     dtype: str
     start_ns: int  # since the recorder started
@@ -114,8 +114,10 @@ class Recorder:
             out_shape, dtype = out.shape, out.dtype
         else:
             out_shape, dtype = getattr(out, "shape", ()), getattr(out, "dtype", "")
+        x = args[1] if args[0] is weight else args[0]  # the activation (embed: the token ids); the
+        # other inputs' shapes follow from it and the weight, and reading them all cost ~1 us an op
         self._raw.append((name, ops.layer, weight, be, ops.phase, ops.pos,
-                          [a.shape for a in args if a.__class__ is _ndarray], out_shape, dtype,
+                          x.shape if x.__class__ is _ndarray else getattr(x, "shape", ()), out_shape, dtype,
                           t0, t1, cpu, flt, rows, flops, dev))
         self.overhead_ns += (_now() - t_enter) - (t1 - t0)
         return out
@@ -124,7 +126,7 @@ class Recorder:
     def events(self) -> list[OpEvent]:
         """The recorded ops as OpEvents (built from the raw tuples on first access after new ops)."""
         start = len(self._events)
-        for i, (name, layer, w, be, phase, pos, in_shapes, out_shape, dtype, t0, t1, cpu, flt, rows, flops, dev) in \
+        for i, (name, layer, w, be, phase, pos, in_shape, out_shape, dtype, t0, t1, cpu, flt, rows, flops, dev) in \
                 enumerate(self._raw[start:], start):
             if w is None:
                 wbytes = 0
@@ -137,8 +139,8 @@ class Recorder:
             self._events.append(OpEvent(
                 seq=i, op=name, layer=layer, tensor=getattr(w, "name", None), backend=be.name,
                 fallback=self.ops.fell_back(name, qt, be) if self.ops is not None else False,
-                phase=phase, pos=pos, n_tokens=int(in_shapes[0][0]) if in_shapes and in_shapes[0] else 1,
-                in_shapes=[list(s) for s in in_shapes], out_shape=list(out_shape), dtype=str(dtype),
+                phase=phase, pos=pos, n_tokens=int(in_shape[0]) if in_shape else 1,
+                in_shapes=[list(in_shape)], out_shape=list(out_shape), dtype=str(dtype),
                 start_ns=t0 - self.started_ns, wall_ns=t1 - t0, cpu_ns=cpu,
                 weight_bytes=wbytes, flops=int(flops), minflt=flt[0], majflt=flt[1],
                 rows=rows if self.touch else None,
