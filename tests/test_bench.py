@@ -25,7 +25,7 @@ def test_prompt_flops_counts_every_matmul_and_attention(tiny):
     assert layer_params == 3 * (64 * 64 * 2 + 32 * 64 * 2 + 96 * 64 * 3)  # q o, k v, gate up down
     out = dense.get("output.weight", dense["token_embd.weight"])
     attention = 3 * 4 * 4 * 16 * n * (n + 1) // 2  # layers x (qk + pv: 2 FLOPs each) x heads x head dim x pairs
-    assert prompt_flops(str(path), n) == 2 * layer_params * n + attention + 2 * out.size
+    assert prompt_flops(str(path), [n]) == {n: 2 * layer_params * n + attention + 2 * out.size}
 
 
 def test_gemm_peak_is_a_rate():
