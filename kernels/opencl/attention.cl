@@ -97,15 +97,7 @@ kernel void attn_decode(global const float *Q, global const float *k, global con
         s[j] = a;
         mx = fmax(mx, a);
     }
-    mx = wg_max(mx, red);
-    float sum = 0.0f;
-    for (int j = lid; j < T; j += LS) {
-        const float e = exp(s[j] - mx);
-        s[j] = e;
-        sum += e;
-    }
-    sum = wg_sum(sum, red);
-    for (int j = lid; j < T; j += LS) s[j] = s[j] / sum;
+    wg_exp_normalize(s, s, T, wg_max(mx, red), red);
     barrier(CLK_GLOBAL_MEM_FENCE);  /* every p_j of the row written before any is read */
     for (int d = lid; d < hd; d += LS) {
         float a = 0.0f;

@@ -113,6 +113,21 @@ inline float wg_max(float v, local float *red) {
     return r;
 }
 
+/* the rest of a work-group softmax over n values whose max is mx: y = exp(x - mx) / sum of
+ * them (the softmax kernel and decode attention; y may be x) */
+inline void wg_exp_normalize(global const float *x, global float *y, const int n, const float mx,
+                             local float *red) {
+    const int lid = get_local_id(0), ls = get_local_size(0);
+    float s = 0.0f;
+    for (int i = lid; i < n; i += ls) {
+        const float e = exp(x[i] - mx);
+        y[i] = e;
+        s += e;
+    }
+    s = wg_sum(s, red);
+    for (int i = lid; i < n; i += ls) y[i] = y[i] / s;
+}
+
 /* ---- rotary embedding: element e of one rotated head x (rope.cl; attention.cl rotates q
  *      and the new k on the fly). cs: cos and sin of the n_rot/2 pairs, interleaved. ---- */
 inline float rope_value(global const float *x, const int e, global const float *cs, const int n_rot,

@@ -38,13 +38,5 @@ kernel void softmax(global const float *X, global float *Y, const int m, local f
     global float *y = Y + (size_t)get_group_id(0) * m;
     float mx = -INFINITY;
     for (int i = lid; i < m; i += ls) mx = fmax(mx, x[i]);
-    mx = wg_max(mx, red);
-    float s = 0.0f;
-    for (int i = lid; i < m; i += ls) {
-        const float e = exp(x[i] - mx);
-        y[i] = e;
-        s += e;
-    }
-    s = wg_sum(s, red);
-    for (int i = lid; i < m; i += ls) y[i] = y[i] / s;
+    wg_exp_normalize(x, y, m, wg_max(mx, red), red);
 }
