@@ -27,6 +27,40 @@ def _cache_order(w) -> str:
     return "F" if w.data.shape[0] >= w.cols else "C"
 
 
+# Weights of a layer that read the same input (GGUF names without "blk.N." and ".weight"):
+# the f32 cache keeps each group in one array and runs it as one GEMM. Measured on this
+# project's 2-core machine: SmolLM2's q/k/v as one 960-row matvec instead of 576+192+192.
+SHARED_INPUT = (("attn_q", "attn_k", "attn_v"), ("ffn_gate", "ffn_up"))
+
+
+def _shared_input_groups(weights) -> list[list]:
+    """The `SHARED_INPUT` groups present in `weights` (all members 2-D, quantized or F32, of
+    the same width), in order."""
+    by_name = {getattr(w, "name", None): w for w in weights}
+    groups = []
+    for w in weights:
+        name = getattr(w, "name", "") or ""
+        parts = name.split(".")
+        if len(parts) != 4 or parts[0] != "blk" or parts[3] != "weight":
+            continue
+        for names in SHARED_INPUT:
+            if parts[2] != names[0]:
+                continue
+            members = [by_name.get(f"blk.{parts[1]}.{n}.weight") for n in names]
+            if all(m is not None and m.data.ndim == 2 and m.cols == w.cols for m in members):
+                groups.append(members)
+    return groups
+
+
+def _dequantize_into(out: np.ndarray, w) -> np.ndarray:
+    """Dequantize weight `w` into `out` (rows, cols), a band of rows at a time."""
+    step = max(1, CHUNK_WEIGHTS // w.cols)
+    for r in range(0, w.data.shape[0], step):
+        band = w.data[r : r + step]
+        out[r : r + step] = band.view(np.float32) if w.qtype.name == "F32" else dequantize(band, w.qtype)
+    return out
+
+
 def weight_f32(w) -> np.ndarray:
     """float32 (rows, cols) for a weight: a zero-copy view for F32, else a dequantized copy."""
     if w.qtype.name == "F32":
@@ -42,6 +76,9 @@ class NumpyBackend(Backend):
             raise ValueError(f"weight_cache must be one of {WEIGHT_CACHES}, not {weight_cache!r}")
         self.weight_cache = weight_cache
         self._cache: dict[int, np.ndarray] = {}
+        self._groups: dict[int, tuple] = {}  # id(first weight) -> (block, [(id(w), first row, end row)])
+        self._held: dict[int, tuple] = {}  # id(w) -> (input, product): siblings computed by one GEMM
+        self.profile = False  # set while a recorder runs: every matmul then computes its own product
         self._last_rotation: tuple = (None, None)
 
     def supports(self, op, qtype=None):
@@ -52,19 +89,30 @@ class NumpyBackend(Backend):
         its place (a band's temporaries stay in the CPU cache and are reused: 1.5-2x faster
         than whole-tensor temporaries here; two threads were 2-3x slower, not faster).
         Each cached weight is stored in the memory order its matmul runs fastest in (see
-        `_cache_order`); its values and shape are the same either way."""
+        `_cache_order`); its values and shape are the same either way. The weights of a layer
+        that read the same input (`SHARED_INPUT`) are cached side by side in one array, each
+        one a view of its rows, so that one GEMM can compute them all (see `matmul`)."""
         if self.weight_cache != "f32":
             return
+        weights = list(weights)
+        for group in _shared_input_groups(weights):
+            if any(id(w) in self._cache for w in group):
+                continue
+            block = np.empty((sum(w.rows for w in group), group[0].cols), np.float32, order="F")
+            parts, a = [], 0
+            for w in group:
+                self._cache[id(w)] = _dequantize_into(block[a : a + w.rows], w)
+                parts.append((id(w), a, a + w.rows))
+                a += w.rows
+            self._groups[id(group[0])] = (block, parts)
         for w in weights:
             if id(w) in self._cache:
                 continue
             if w.qtype.name == "F32" or w.data.ndim != 2:
                 self._cache[id(w)] = np.ascontiguousarray(weight_f32(w))
                 continue
-            out = self._cache[id(w)] = np.empty((w.data.shape[0], w.cols), np.float32, order=_cache_order(w))
-            step = max(1, CHUNK_WEIGHTS // w.cols)
-            for r in range(0, w.data.shape[0], step):
-                out[r : r + step] = dequantize(w.data[r : r + step], w.qtype)
+            out = np.empty((w.data.shape[0], w.cols), np.float32, order=_cache_order(w))
+            self._cache[id(w)] = _dequantize_into(out, w)
 
     @property
     def cache_bytes(self) -> int:
@@ -80,8 +128,22 @@ class NumpyBackend(Backend):
 
     def matmul(self, x, w):
         cached = self._cache.get(id(w))
-        if cached is not None or w.qtype.name == "F32":
-            return x @ (cached if cached is not None else weight_f32(w)).T
+        if cached is not None:
+            if self._held:
+                held = self._held.pop(id(w), None)
+                if held is not None and held[0] is x:
+                    return held[1]
+            group = self._groups.get(id(w))
+            if group is not None and not self.profile:
+                # the first weight of a group: one GEMM for the whole group; its siblings'
+                # products wait for their matmul with this very input array
+                block, parts = group
+                y = x @ block.T
+                self._held = {wid: (x, y[:, a:b]) for wid, a, b in parts[1:]}
+                return y[:, parts[0][1] : parts[0][2]]
+            return x @ cached.T
+        if w.qtype.name == "F32":
+            return x @ weight_f32(w).T
         # dequantize a band of rows at a time: the float32 band stays in cache and no
         # fresh pages are faulted in for a whole-tensor temporary
         out = np.empty((x.shape[0], w.rows), np.float32)

@@ -571,12 +571,67 @@ def test_f32_cache_holds_each_weight_dequantized(tmp_path, weight_type, monkeypa
     m = workbench.load(path, weight_cache="f32")
     try:
         be = m.ops.backend
+        grouped = {}
+        for block, parts in be._groups.values():
+            assert block.flags.f_contiguous
+            grouped.update({wid: (block, a, b) for wid, a, b in parts})
+        assert len(grouped) == 5 * len(m.weights.blocks)  # q, k, v and gate, up of every layer
         for w in m.weights.tensors():
             ref = w.data.view(np.float32) if w.qtype.name == "F32" else dequantize(w.data, w.qtype)
             cached = be._cache[id(w)]
             np.testing.assert_array_equal(cached.reshape(ref.shape), ref)
-            if cached.ndim == 2 and w.qtype.name != "F32":  # tall weights column-major: x @ w.T is NN
+            if id(w) in grouped:  # rows a:b of its group's column-major block
+                block, a, b = grouped[id(w)]
+                assert cached.base is block or cached.base is block.base
+                assert np.shares_memory(cached, block[a:b]) and cached.shape == block[a:b].shape
+            elif cached.ndim == 2 and w.qtype.name != "F32":  # tall weights column-major: x @ w.T is NN
                 assert cached.flags.f_contiguous if w.rows >= w.cols else cached.flags.c_contiguous
         assert be.cache_bytes == sum(w.rows * w.cols * 4 for w in m.weights.tensors())
+    finally:
+        m.close()
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_f32_cache_runs_weights_with_one_input_as_one_gemm(tmp_path, n):
+    """q/k/v (and gate/up) of a layer read the same input: the first matmul computes all three
+    in one GEMM and the others take their part, for that very input array only; while a
+    recorder runs (`profile`) each computes its own. Every product equals float64 x @ w.T of
+    an independent dequantization, within float32 rounding."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize as gguf_dequantize
+
+    import workbench
+    from workbench.synth import tiny_llama
+
+    path = tmp_path / "t.gguf"
+    tiny_llama(path, n_embd=64, n_ff=96, weight_type="Q8_0")
+    m = workbench.load(path, weight_cache="f32")
+    try:
+        be, b = m.ops.backend, m.weights.blocks[1]
+        rng = np.random.default_rng(n)
+        x, y = (rng.standard_normal((n, 64)).astype(np.float32) for _ in range(2))
+
+        def ref(inp, w):  # gguf-py's dequantization, independent of kernels.qtypes
+            wf = gguf_dequantize(np.asarray(w.data), GGMLQuantizationType[w.qtype.name])
+            return inp.astype(np.float64) @ wf.astype(np.float64).reshape(w.rows, w.cols).T
+
+        def check(out, inp, w):
+            np.testing.assert_allclose(out, ref(inp, w), rtol=0, atol=1e-5 * np.abs(inp).sum(1).max())
+
+        q = be.matmul(x, b.attn_q)
+        k = be.matmul(x, b.attn_k)
+        assert np.shares_memory(q.base, k)  # one GEMM made both
+        v = be.matmul(y, b.attn_v)  # another input: its own product, not x's
+        for out, inp, w in ((q, x, b.attn_q), (k, x, b.attn_k), (v, y, b.attn_v)):
+            check(out, inp, w)
+        g, u = be.matmul(y, b.ffn_gate), be.matmul(y, b.ffn_up)
+        check(g, y, b.ffn_gate), check(u, y, b.ffn_up)
+        be.profile = True
+        try:
+            q, k = be.matmul(x, b.attn_q), be.matmul(x, b.attn_k)
+            assert not np.shares_memory(q, k) and not be._held
+            check(q, x, b.attn_q), check(k, x, b.attn_k)
+        finally:
+            be.profile = False
     finally:
         m.close()

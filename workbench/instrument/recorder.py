@@ -173,10 +173,14 @@ def record(model, faults: bool = True, touch: bool = True, residency: bool = Fal
         from .residency import Residency
 
         res = Residency(model.gguf)
-    timed = tuple(b for b in ops.backends if hasattr(b, "drain_kernel_events"))
-    was = [b.profile for b in timed]
-    for b in timed:  # device timings are kept only while recording
+    # while recording, backends that fuse ops (hold a result back, share one GEMM) do not,
+    # so that each op's time is its own; device timings are kept only while recording
+    flagged = tuple(b for b in ops.backends if hasattr(b, "profile"))
+    timed = tuple(b for b in flagged if hasattr(b, "drain_kernel_events"))
+    was = [b.profile for b in flagged]
+    for b in flagged:
         b.profile = True
+    for b in timed:
         b.drain_kernel_events()
     rec = Recorder(faults=faults, touch=touch, residency=res, ops=ops, device_timed=timed)
     ops.recorder = rec
@@ -190,8 +194,9 @@ def record(model, faults: bool = True, touch: bool = True, residency: bool = Fal
     finally:
         gc.set_threshold(*thresholds)
         ops.recorder = None
-        for b, p in zip(timed, was):
+        for b, p in zip(flagged, was):
             b.profile = p
+        for b in timed:
             b.drain_kernel_events()
         if res is not None:
             rec.sample("end", ops.pos)
