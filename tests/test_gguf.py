@@ -133,3 +133,69 @@ def test_empty_and_missing_files(tmp_path):
         open_gguf(p)
     with pytest.raises(FileNotFoundError):
         open_gguf(tmp_path / "nope.gguf")
+
+
+def _read_both(buf, at, count):
+    """string_array (numpy fast path) and the one-at-a-time reader on the same bytes:
+    (strings or error, final position) each."""
+    from workbench.gguf import _Cursor
+
+    out = []
+    for read in (lambda c: c.string_array(count, "arr"), lambda c: c._read_strings(0, count, "arr")):
+        c = _Cursor(buf, "f.gguf")
+        c.pos = at
+        try:
+            out.append((read(c), c.pos))
+        except GGUFError as e:
+            out.append((str(e), e.field, e.offset, c.pos))
+    return out
+
+
+def test_string_arrays_fast_path_equals_one_at_a_time():
+    """Empty strings, strings of 256+ bytes, NULs, invalid and split UTF-8, truncations and
+    corrupted lengths: the same strings, positions and errors as reading one at a time."""
+    import random
+
+    rng = random.Random(7)
+    odd = [b"", b"\x00", b"\x00" * 9, "é".encode(), b"\xff", b"\xe2\x82", b"\x82", "▁▁".encode(), b"x" * 300,
+           b"y" * 255, b"z" * 256, b"\x00" * 7 + b"\x05", b"ab\x00cd", "\ufffd".encode()]
+    for _ in range(3000):
+        k = rng.randint(0, 40)
+        parts = []
+        for _ in range(k):
+            s = (bytes(rng.choice(b"abcdefgh\xc3\xa9 ") for _ in range(rng.randint(0, 12)))
+                 if rng.random() < 0.6 else rng.choice(odd))
+            parts.append(struct.pack("<Q", len(s)) + s)
+        blob = b"".join(parts)
+        if blob and rng.random() < 0.3:
+            blob = blob[: rng.randint(0, len(blob))]
+        if blob and rng.random() < 0.2:
+            j = rng.randrange(len(blob))
+            blob = blob[:j] + bytes([rng.randrange(256)]) + blob[j + 1:]
+        pre = b"P" * rng.randint(0, 5)
+        buf = pre + blob + bytes(rng.randrange(256) for _ in range(rng.randint(0, 20)))
+        count = max(0, k + (rng.randint(-2, 2) if k > 2 else 0))
+        fast, slow = _read_both(buf, len(pre), count)
+        assert fast == slow, (buf, count)
+
+
+def test_vocabulary_read_without_a_python_step_per_string(smollm2_path, monkeypatch):
+    """The real vocabulary and merges go through the fast path whole."""
+    from workbench import gguf
+
+    one_at_a_time = []
+    real = gguf._Cursor._read_strings
+    monkeypatch.setattr(gguf._Cursor, "_read_strings",
+                        lambda self, first, count, field: one_at_a_time.append((field, count - first))
+                        or real(self, first, count, field))
+    with open_gguf(smollm2_path) as g:
+        assert len(g.metadata["tokenizer.ggml.tokens"]) == 49152
+    assert not [f for f, n in one_at_a_time if n > 1], one_at_a_time
+    with open(smollm2_path, "rb") as f:  # and equal to reading them one at a time
+        head = f.read(2_000_000)
+    with open_gguf(smollm2_path) as g:
+        at = g.key_offsets["tokenizer.ggml.merges"]
+        merges = g.metadata["tokenizer.ggml.merges"]
+    at += 8 + len("tokenizer.ggml.merges") + 4 + 4 + 8  # key, value type, element type, count
+    fast, slow = _read_both(head, at, len(merges))
+    assert fast == slow and fast[0] == merges

@@ -146,11 +146,27 @@ class _Cursor:
 
     def string_array(self, count: int, field: str) -> list[str]:
         """Bulk read of `count` strings (vocabularies have ~10^5 of them). Invalid UTF-8 is
-        kept with replacement characters, as llama.cpp keeps such tokens as raw bytes."""
+        kept with replacement characters, as llama.cpp keeps such tokens as raw bytes.
+
+        Fast path (`_scan_strings`): the length fields are found with numpy and the strings
+        decoded in one piece; whatever it cannot vouch for is read one string at a time by
+        `_read_strings`, which also raises every error, so results and errors are the same."""
+        starts, stop = _scan_strings(self.buf, self.pos, count, self.end)
+        out = _decode_strings(self.buf, self.pos, starts, stop) if len(starts) else []
+        if out is None:  # some invalid UTF-8 (or a NUL inside a string): all one at a time
+            out = []
+        else:
+            self.pos = stop
+        if len(out) < count:
+            out += self._read_strings(len(out), count, field)
+        return out
+
+    def _read_strings(self, first: int, count: int, field: str) -> list[str]:
+        """Strings `first`..`count - 1` of an array, one at a time from `self.pos`."""
         buf, pos, end = self.buf, self.pos, self.end
         unpack = struct.Struct("<Q").unpack_from
-        out = [None] * count
-        for i in range(count):
+        out = [None] * (count - first)
+        for i in range(first, count):
             if pos + 8 > end:
                 self.pos = pos
                 self.fail(f"{field}[{i}] length", f"needs 8 bytes but only {end - pos} remain")
@@ -160,10 +176,93 @@ class _Cursor:
                 self.pos = pos - 8
                 self.fail(f"{field}[{i}] length", f"string length {n} runs past the end of the file "
                           f"({end - pos} bytes remain)")
-            out[i] = str(buf[pos : pos + n], "utf-8", "replace")
+            out[i - first] = str(buf[pos : pos + n], "utf-8", "replace")
             pos += n
         self.pos = pos
         return out
+
+
+_SCAN_WINDOW = 1 << 18  # bytes looked at per numpy pass
+_SCAN_DETOURS = 64  # strings read one at a time before the fast path gives up
+
+
+def _scan_strings(buf, pos: int, count: int, end: int) -> tuple[np.ndarray, int]:
+    """The start of each of the first strings of an array at `pos`, found without a Python
+    step per string: (starts, end of the last one). Stops early (the caller reads the rest one
+    at a time, with its checks and errors) where it cannot vouch for a string.
+
+    A length below 256 is its low byte and seven zero bytes. In a window of the buffer every
+    offset followed by seven zero bytes is a candidate; the chain from the current string
+    (next = start + 8 + length) is taken while each next start is the next candidate. The
+    window never reaches past the array in a well-formed file (each remaining string takes
+    at least 8 bytes) and never past the end of the buffer, so nothing else is read. Where
+    the chain leaves the candidates (a string of 256 bytes or more, an empty string, a NUL
+    in a string) one string is read the slow way and the scan goes on from there."""
+    found: list[np.ndarray] = []
+    p, i, detours = pos, 0, 0
+    while i < count:
+        w = min(8 * (count - i), end - p, _SCAN_WINDOW)
+        if w < 8:
+            break
+        a = np.frombuffer(buf, np.uint8, count=w, offset=p)
+        z = a == 0
+        n = w - 7
+        ok = z[1 : 1 + n] & z[2 : 2 + n]
+        for k in range(3, 8):
+            ok &= z[k : k + n]
+        cand = np.flatnonzero(ok)
+        if len(cand) and cand[0] == 0:
+            nxt = cand + 8
+            nxt += a[cand]
+            gap = np.flatnonzero(nxt[:-1] != cand[1:])
+            k = min(int(gap[0]) + 1 if len(gap) else len(cand), count - i)
+            stop = p + int(nxt[k - 1])
+            if stop > end:  # the last one runs past the end: left to the slow reader's error
+                k -= 1
+                stop = p + int(nxt[k - 1]) if k else p
+            if k == 0:
+                break
+            found.append(cand[:k] + p)
+            i += k
+            if k < len(cand) and stop - p + 8 <= w:  # left the candidates inside the window
+                detours += 1
+            p = stop
+        else:  # this string's length is not a candidate: read it alone
+            detours += 1
+            (ln,) = struct.unpack_from("<Q", buf, p)
+            if ln > end - p - 8:
+                break
+            found.append(np.array([p], dtype=np.int64))
+            i += 1
+            p += 8 + ln
+        if detours > _SCAN_DETOURS:
+            break
+    if not found:
+        return np.zeros(0, dtype=np.int64), pos
+    return (np.concatenate(found) if len(found) > 1 else found[0]), p
+
+
+def _decode_strings(buf, pos: int, starts: np.ndarray, stop: int) -> list[str] | None:
+    """The strings whose length fields start at `starts` (a back-to-back run from `pos` to
+    `stop`), decoded in one call: each length field becomes one NUL and the whole is decoded
+    and split there. None if that would differ from decoding each alone with "replace" (some
+    invalid UTF-8, or a NUL inside a string)."""
+    region = np.frombuffer(buf, np.uint8, count=stop - pos, offset=pos)
+    rel = starts - pos
+    keep = np.ones(len(region), dtype=bool)
+    for k in range(7):  # drop the first seven bytes of each length field...
+        keep[rel + k] = False
+    joined = region[keep]  # (a copy)
+    joined[rel - 7 * np.arange(len(rel))] = 0  # ...and make its eighth a NUL
+    try:
+        text = joined.tobytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    out = text.split("\x00")
+    if len(out) != len(starts) + 1:
+        return None
+    del out[0]
+    return out
 
 
 def _name(s: str, limit: int = 80) -> str:
