@@ -164,12 +164,16 @@ class NumpyBackend(Backend):
         n_rot = hd if n_rot is None else n_rot
         half = n_rot // 2
         rot = self._rotation(np.asarray(pos), theta_base, n_rot)  # (n, 1, half)
+        if mode == ROPE_NORM and n_rot == hd:
+            return (np.ascontiguousarray(x).view(np.complex64) * rot).view(np.float32)
         out = x.copy()
         if mode == ROPE_NORM:
             z = np.ascontiguousarray(x[..., :n_rot]).view(np.complex64) * rot  # (n, H, half)
             out[..., :n_rot] = z.view(np.float32)
         elif mode == ROPE_NEOX:
-            z = (x[..., :half] + 1j * x[..., half:n_rot]).astype(np.complex64) * rot
+            z = np.empty((n, H, half), np.complex64)
+            z.real, z.imag = x[..., :half], x[..., half:n_rot]
+            z *= rot
             out[..., :half], out[..., half:n_rot] = z.real, z.imag
         else:
             raise ValueError(f"unknown rope mode {mode!r}")
@@ -195,7 +199,8 @@ class NumpyBackend(Backend):
         qh = q.reshape(n, Hkv, g, hd).transpose(1, 2, 0, 3)  # (Hkv, g, n, hd)
         kh = K[:T].transpose(1, 2, 0)[:, None]  # (Hkv, 1, hd, T)
         vh = V[:T].transpose(1, 0, 2)[:, None]  # (Hkv, 1, T, hd)
-        s = (qh @ kh) * np.float32(scale)  # (Hkv, g, n, T)
+        s = qh @ kh  # (Hkv, g, n, T)
+        s *= np.float32(scale)
         if n > 1 or (window is not None and T > window):  # one new token sees every cached one
             s += _causal_mask(pos, n, T, window)
         p = self.softmax(s)
@@ -203,11 +208,18 @@ class NumpyBackend(Backend):
         return np.ascontiguousarray(o.transpose(2, 0, 1, 3)).reshape(n, H * hd)
 
     def softmax(self, x):
-        e = np.exp(x - x.max(axis=-1, keepdims=True))
-        return e / e.sum(axis=-1, keepdims=True)
+        e = x - x.max(axis=-1, keepdims=True)
+        np.exp(e, out=e)
+        e /= e.sum(axis=-1, keepdims=True)
+        return e
 
-    def silu_mul(self, g, u):
-        return g / (1.0 + np.exp(-g)) * u
+    def silu_mul(self, g, u):  # g / (1 + e^-g) * u, in one temporary
+        t = np.negative(g)
+        np.exp(t, out=t)
+        t += np.float32(1)
+        np.divide(g, t, out=t)
+        t *= u
+        return t
 
     def gelu_mul(self, g, u):
         c = np.float32(np.sqrt(2.0 / np.pi))
