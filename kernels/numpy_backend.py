@@ -196,16 +196,15 @@ class NumpyBackend(Backend):
         V[pos : pos + n] = v
         T, Hkv = pos + n, K.shape[1]
         g = H // Hkv  # query heads per KV head
-        qh = q.reshape(n, Hkv, g, hd).transpose(1, 2, 0, 3)  # (Hkv, g, n, hd)
-        kh = K[:T].transpose(1, 2, 0)[:, None]  # (Hkv, 1, hd, T)
-        vh = V[:T].transpose(1, 0, 2)[:, None]  # (Hkv, 1, T, hd)
-        s = qh @ kh  # (Hkv, g, n, T)
+        # per KV head, one product for all its query heads and tokens: rows are (token, head)
+        qh = q.reshape(n, Hkv, g, hd).transpose(1, 0, 2, 3).reshape(Hkv, n * g, hd)
+        s = qh @ K[:T].transpose(1, 2, 0)  # (Hkv, n*g, T)
         s *= np.float32(scale)
         if n > 1 or (window is not None and T > window):  # one new token sees every cached one
-            s += _causal_mask(pos, n, T, window)
+            s = (s.reshape(Hkv, n, g, T) + _causal_mask(pos, n, T, window)[:, None, :]).reshape(Hkv, n * g, T)
         p = self.softmax(s)
-        o = p @ vh  # (Hkv, g, n, hd)
-        return np.ascontiguousarray(o.transpose(2, 0, 1, 3)).reshape(n, H * hd)
+        o = p @ V[:T].transpose(1, 0, 2)  # (Hkv, n*g, hd)
+        return np.ascontiguousarray(o.reshape(Hkv, n, g, hd).transpose(1, 0, 2, 3)).reshape(n, H * hd)
 
     def softmax(self, x):
         e = x - x.max(axis=-1, keepdims=True)
