@@ -71,10 +71,15 @@ def weight_f32(w) -> np.ndarray:
 class NumpyBackend(Backend):
     name = "numpy"
 
-    def __init__(self, weight_cache: str = "none"):
+    def __init__(self, weight_cache: str = "none", fuse: bool | None = None):
+        """fuse (with the f32 cache): whether weights that read one input run as one GEMM.
+        None: yes, except while a recorder runs (then every matmul's time is its own);
+        True: always (under a recorder a group's time is its first matmul's, the others
+        take ~1 us); False: never."""
         if weight_cache not in WEIGHT_CACHES:
             raise ValueError(f"weight_cache must be one of {WEIGHT_CACHES}, not {weight_cache!r}")
         self.weight_cache = weight_cache
+        self.fuse = fuse
         self._cache: dict[int, np.ndarray] = {}
         self._groups: dict[int, tuple] = {}  # id(first weight) -> (block, [(id(w), first row, end row)])
         self._held: dict[int, tuple] = {}  # id(w) -> (input, product): siblings computed by one GEMM
@@ -134,7 +139,7 @@ class NumpyBackend(Backend):
                 if held is not None and held[0] is x:
                     return held[1]
             group = self._groups.get(id(w))
-            if group is not None and not self.profile:
+            if group is not None and (not self.profile if self.fuse is None else self.fuse):
                 # the first weight of a group: one GEMM for the whole group; its siblings'
                 # products wait for their matmul with this very input array
                 block, parts = group

@@ -631,7 +631,14 @@ def test_f32_cache_runs_weights_with_one_input_as_one_gemm(tmp_path, n):
             q, k = be.matmul(x, b.attn_q), be.matmul(x, b.attn_k)
             assert not np.shares_memory(q, k) and not be._held
             check(q, x, b.attn_q), check(k, x, b.attn_k)
+            be.fuse = True  # fused even under a recorder
+            q, k, v = be.matmul(x, b.attn_q), be.matmul(x, b.attn_k), be.matmul(x, b.attn_v)
+            assert np.shares_memory(q.base, k) and np.shares_memory(q.base, v) and not be._held
+            check(q, x, b.attn_q), check(k, x, b.attn_k), check(v, x, b.attn_v)
         finally:
-            be.profile = False
+            be.profile, be.fuse = False, None
+        be.fuse = False  # never fused
+        q, k = be.matmul(x, b.attn_q), be.matmul(x, b.attn_k)
+        assert not np.shares_memory(q, k) and not be._held
     finally:
         m.close()
