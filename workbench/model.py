@@ -21,6 +21,7 @@ from kernels.base import Backend, BackendError, KVCache
 from . import model_gemma3, model_llama
 from .backends import make_backend
 from .config import Config
+from .f32_store import for_model as f32_store_for
 from .gguf import GGUFError, GGUFFile, open_gguf
 from .models import resolve
 from .ops import Ops
@@ -100,14 +101,16 @@ class Model:
 
 def load(model: str | os.PathLike | GGUFFile, backend: str | Backend = "numpy", *, weight_cache: str = "none",
          per_op: dict[str, str | Backend] | None = None, device: str | None = None,
-         advice: int | None = None, fallback: bool = False) -> Model:
+         advice: int | None = None, fallback: bool = False, f32_store: bool = True) -> Model:
     """Map a GGUF file (registry name or path) and get it ready to run on `backend`.
 
     per_op: backends for single ops, e.g. {"matmul": "opencl"}; advice: an mmap.MADV_*
     value applied to the mapping before the header is read; fallback: if a backend cannot
     start (no device, a kernel that does not build) or fails an op at run time (out of device
     memory, a rejected kernel), warn and use numpy instead - `model.ops.errors` and the
-    profile's events (backend, fallback) show where. Off, such errors are raised."""
+    profile's events (backend, fallback) show where. Off, such errors are raised.
+    f32_store: keep numpy's float32 weight cache in a file and map it on later loads
+    (workbench.f32_store; `WORKBENCH_F32_STORE=0` turns it off everywhere)."""
     t0 = time.perf_counter()
     if isinstance(model, GGUFFile):  # already opened, e.g. by a load strategy (workbench.loading)
         g, path = model, model.path
@@ -141,6 +144,10 @@ def load(model: str | os.PathLike | GGUFFile, backend: str | Backend = "numpy", 
         routes = {op: start(b) for op, b in (per_op or {}).items()}
         ops = Ops(be, routes, fallback_on_error=fallback)
         ops.errors += startup_errors
+        if f32_store:
+            for b in ops.backends:  # the numpy float32 cache: mapped from disk after the first load
+                if getattr(b, "weight_cache", None) == "f32" and getattr(b, "store", False) is None:
+                    b.store = f32_store_for(path)
         ops.prepare(weights.tensors())
         t3 = time.perf_counter()
     except BaseException:
