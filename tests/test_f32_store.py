@@ -81,7 +81,8 @@ def test_a_changed_model_file_gets_a_new_store_and_the_stale_one_goes(model_path
         m.close()
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage header", "zero header length", "other key"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage header", "zero header length", "other key", "other shape",
+                                    "offset outside"])
 def test_a_damaged_store_is_ignored_and_rebuilt(model_path, store_dir, damage):
     workbench.load(model_path, weight_cache="f32").close()
     (path,) = store_dir.glob("*.f32")
@@ -92,9 +93,17 @@ def test_a_damaged_store_is_ignored_and_rebuilt(model_path, store_dir, damage):
         data[20:60] = b"\xff" * 40
     elif damage == "zero header length":
         data[8:16] = bytes(8)
-    else:
+    elif damage == "other key":
         i = data.index(b'"key": "') + 8
         data[i : i + 4] = b"dead"
+    elif damage == "other shape":  # same length of header: the first array claims 1 more row
+        i = data.index(b'"shape": [') + 10
+        j = data.index(b",", i)
+        data[i:j] = str(int(data[i:j]) + 1).rjust(j - i).encode()
+    else:
+        i = data.index(b'"offset": ') + 10
+        j = data.index(b",", i) if data.index(b",", i) < data.index(b"}", i) else data.index(b"}", i)
+        data[i:j] = b"9" * (j - i)
     path.write_bytes(bytes(data))
     m = workbench.load(model_path, weight_cache="f32")
     try:

@@ -86,12 +86,14 @@ class F32Store:
         except (OSError, ValueError):
             return None
         header = _header(m)
-        if header is None or header.get("key") != key or header.get("size") != len(m):
+        expected = _placed(key, self.identity, layout)
+        if header != expected or expected["size"] != len(m):  # anything else: rebuilt
             m.close()
             return None
+        arrays = _views(m, header["arrays"])
         os.utime(path)  # recently used
         self.path, self._map = path, m
-        return _views(m, header["arrays"])
+        return arrays
 
     def save(self, layout, fill) -> dict[str, np.ndarray]:
         """Create the store for `layout`: `fill(arrays)` writes every array (writable views of
@@ -99,21 +101,9 @@ class F32Store:
         returned are read-only views of it. Raises OSError if it cannot be written."""
         path, key = self._file(layout)
         self.dir.mkdir(parents=True, exist_ok=True)
-        arrays, off = [], 0
-        for name, (rows, cols), order in layout:
-            off = -(-off // ALIGN) * ALIGN
-            arrays.append({"name": name, "shape": [rows, cols], "order": order, "offset": off})
-            off += rows * cols * 4
-        data_start = ALIGN
-        while True:  # the header's own length moves the data it describes: settle the offsets
-            placed = [dict(a, offset=a["offset"] + data_start) for a in arrays]
-            header = {"key": key, "source": self.identity, "arrays": placed, "size": data_start + off}
-            blob = json.dumps(header).encode()
-            need = -(-(len(MAGIC) + 8 + len(blob)) // ALIGN) * ALIGN
-            if need <= data_start:
-                break
-            data_start = need
-        arrays, size = placed, header["size"]
+        header = _placed(key, self.identity, layout)
+        arrays, size = header["arrays"], header["size"]
+        blob = json.dumps(header).encode()
         self._evict(keep_free=size)
         with atomic_path(path) as tmp:
             with open(tmp, "r+b") as f:
@@ -162,6 +152,24 @@ class F32Store:
         self._map = None
 
 
+def _placed(key: str, identity: dict, layout) -> dict:
+    """The header of the store for `layout`: each array at the next 4096-aligned offset after
+    the header (whose own length moves them: settled by iterating)."""
+    arrays, off = [], 0
+    for name, (rows, cols), order in layout:
+        off = -(-off // ALIGN) * ALIGN
+        arrays.append({"name": name, "shape": [int(rows), int(cols)], "order": order, "offset": off})
+        off += rows * cols * 4
+    data_start = ALIGN
+    while True:
+        placed = [dict(a, offset=a["offset"] + data_start) for a in arrays]
+        header = {"key": key, "source": identity, "arrays": placed, "size": data_start + off}
+        need = -(-(len(MAGIC) + 8 + len(json.dumps(header).encode())) // ALIGN) * ALIGN
+        if need <= data_start:
+            return header
+        data_start = need
+
+
 def _header(buf) -> dict | None:
     """The header of a store file (or its first bytes), or None if it is not one."""
     n = len(MAGIC) + 8
@@ -192,8 +200,8 @@ def _views(m, arrays, writable: bool = False) -> dict[str, np.ndarray]:
     out = {}
     for a in arrays:
         rows, cols = a["shape"]
-        if a["offset"] + rows * cols * 4 > len(m):
-            raise ValueError(f"store array {a['name']!r} runs past the end of the file")
+        if not (isinstance(a["offset"], int) and 0 <= a["offset"] and a["offset"] + rows * cols * 4 <= len(m)):
+            raise ValueError(f"store array {a['name']!r} does not lie inside the file")
         flat = np.frombuffer(m, np.float32, count=rows * cols, offset=a["offset"])
         v = flat.reshape(cols, rows).T if a["order"] == "F" else flat.reshape(rows, cols)
         if not writable:
