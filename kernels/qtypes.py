@@ -87,9 +87,16 @@ def can_dequantize(key: int | str | QType) -> bool:
     return qtype(key).name in _DEQUANT
 
 
-def dequantize(raw: np.ndarray, key: int | str | QType) -> np.ndarray:
+DEQUANT_CHUNK_BLOCKS = 4096  # blocks dequantized per pass (their temporaries stay in the CPU cache)
+
+
+def dequantize(raw: np.ndarray, key: int | str | QType, out: np.ndarray | None = None) -> np.ndarray:
     """Raw blocks -> float32 weights. `raw` is uint8 with whole blocks on its last axis;
-    the result has the same leading axes and `nblocks * block_size` on the last."""
+    the result has the same leading axes and `nblocks * block_size` on the last.
+
+    `out`: a float32 array of that shape to write the weights into (and return) instead of a
+    new one, e.g. a slice of a larger cache: no temporary of the result's size is made
+    (if `out` is not C-contiguous the weights go through a temporary of one pass's size)."""
     q = qtype(key)
     fn = _DEQUANT.get(q.name)
     if fn is None:
@@ -101,12 +108,44 @@ def dequantize(raw: np.ndarray, key: int | str | QType) -> np.ndarray:
         raise ValueError(f"{q.name}: last axis of {raw.shape[-1]} bytes is not whole {q.type_size}-byte blocks")
     lead = raw.shape[:-1]
     nblocks = raw.shape[-1] // q.type_size
+    shape = (*lead, nblocks * q.block_size)
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif out.dtype != np.float32 or out.shape != shape:
+        raise ValueError(f"{q.name}: out must be float32 of shape {shape}, not {out.dtype} {out.shape}")
     blocks = raw.reshape(-1, q.type_size)
-    out = fn(blocks)  # (total_blocks, block_size)
-    return out.reshape(*lead, nblocks * q.block_size)
+    n = len(blocks)
+    step = max(1, DEQUANT_CHUNK_BLOCKS * 32 // q.block_size)
+    if out.flags.c_contiguous:
+        flat = out.reshape(n, q.block_size)
+        for a in range(0, n, step):
+            fn(blocks[a : a + step], flat[a : a + step])
+    elif out.ndim == 2 and nblocks:  # e.g. a band of a column-major cache: whole rows per pass
+        rows = max(1, step // nblocks)
+        for r in range(0, out.shape[0], rows):
+            part = blocks[r * nblocks : (r + rows) * nblocks]
+            out[r : r + rows] = fn(part, np.empty((len(part), q.block_size), np.float32)).reshape(-1, out.shape[1])
+    elif n:
+        out[...] = dequantize(raw, q)
+    return out
 
 
 def _register(name: str):
+    """Register `fn(blocks) -> (n, block_size) float32` as the dequantization of `name`."""
+    def deco(fn):
+        def into(b, out):
+            out[...] = fn(b)
+            return out
+
+        _DEQUANT[name] = into
+        return fn
+
+    return deco
+
+
+def _register_into(name: str):
+    """Register `fn(blocks, out)`, which writes the (n, block_size) float32 weights into `out`
+    (C-contiguous) and returns it."""
     def deco(fn):
         _DEQUANT[name] = fn
         return fn
@@ -117,6 +156,15 @@ def _register(name: str):
 def _f16(blocks: np.ndarray, start: int, count: int = 1) -> np.ndarray:
     """`count` little-endian f16 values starting at byte `start` of each block, as f32 (n, count)."""
     return np.ascontiguousarray(blocks[:, start : start + 2 * count]).view(np.float16).astype(np.float32)
+
+
+def _f16_col(blocks: np.ndarray, start: int) -> np.ndarray:
+    """The little-endian f16 at byte `start` of each block, as f32 (n, 1): read through a
+    float16 view of the blocks where their rows allow it (no copy of the field)."""
+    if start % 2 == 0 and blocks.shape[1] % 2 == 0 and blocks.strides[1] == 1 and blocks.strides[0] % 2 == 0 \
+            and blocks.ctypes.data % 2 == 0:
+        return blocks.view(np.float16)[:, start // 2 : start // 2 + 1].astype(np.float32)
+    return _f16(blocks, start)
 
 
 def _nibbles(qs: np.ndarray) -> np.ndarray:
@@ -131,9 +179,10 @@ def _dq_f32(b):
     return np.ascontiguousarray(b).view(np.float32)
 
 
-@_register("F16")
-def _dq_f16(b):
-    return np.ascontiguousarray(b).view(np.float16).astype(np.float32)
+@_register_into("F16")
+def _dq_f16(b, out):
+    out[...] = np.ascontiguousarray(b).view(np.float16)
+    return out
 
 
 @_register("BF16")
@@ -152,16 +201,32 @@ for _name, _dt in (("I8", np.int8), ("I16", np.int16), ("I32", np.int32), ("I64"
 
 # ---- 32-weight block types -------------------------------------------------------
 
-@_register("Q4_0")
-def _dq_q4_0(b):
-    d = _f16(b, 0)
-    return (_nibbles(b[:, 2:18]).astype(np.int8) - 8).astype(np.float32) * d
+# The 32-weight types below write straight into `out`: low nibbles (or bytes) times the
+# scale into the first half, high ones into the second, in the reference's operations and
+# order (int -> f32 exactly, times d, then plus m), so the results are the same bit for bit.
+
+def _nibble_halves(qs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 16) packed bytes -> their low and high nibbles, uint8 (n, 16) each."""
+    return np.bitwise_and(qs, np.uint8(0x0F)), np.right_shift(qs, np.uint8(4))
 
 
-@_register("Q4_1")
-def _dq_q4_1(b):
-    d, m = _f16(b, 0), _f16(b, 2)
-    return _nibbles(b[:, 4:20]).astype(np.float32) * d + m
+@_register_into("Q4_0")
+def _dq_q4_0(b, out):
+    d = _f16_col(b, 0)
+    for q, half in zip(_nibble_halves(b[:, 2:18]), (out[:, :16], out[:, 16:])):
+        q = q.view(np.int8)
+        q -= np.int8(8)
+        np.multiply(q, d, out=half)
+    return out
+
+
+@_register_into("Q4_1")
+def _dq_q4_1(b, out):
+    d, m = _f16_col(b, 0), _f16_col(b, 2)
+    for q, half in zip(_nibble_halves(b[:, 4:20]), (out[:, :16], out[:, 16:])):
+        np.multiply(q, d, out=half)
+    out += m
+    return out
 
 
 def _q5_high_bits(b: np.ndarray, at: int) -> np.ndarray:
@@ -170,24 +235,36 @@ def _q5_high_bits(b: np.ndarray, at: int) -> np.ndarray:
     return (((qh >> np.arange(32, dtype=np.uint32)) & 1) << 4).astype(np.uint8)
 
 
-@_register("Q5_0")
-def _dq_q5_0(b):
-    d = _f16(b, 0)
-    q = _nibbles(b[:, 6:22]) | _q5_high_bits(b, 2)
-    return (q.astype(np.int8) - 16).astype(np.float32) * d
+def _q5_quants(b: np.ndarray, qs_at: int, qh_at: int) -> np.ndarray:
+    """Q5 quants 0..31 as uint8 (n, 32): nibbles (low then high) plus the fifth bits, bit j
+    of the little-endian uint32 at `qh_at` being weight j's."""
+    q = np.unpackbits(b[:, qh_at : qh_at + 4], axis=1, bitorder="little")
+    q <<= np.uint8(4)
+    lo, hi = _nibble_halves(b[:, qs_at : qs_at + 16])
+    q[:, :16] |= lo
+    q[:, 16:] |= hi
+    return q
 
 
-@_register("Q5_1")
-def _dq_q5_1(b):
-    d, m = _f16(b, 0), _f16(b, 2)
-    q = _nibbles(b[:, 8:24]) | _q5_high_bits(b, 4)
-    return q.astype(np.float32) * d + m
+@_register_into("Q5_0")
+def _dq_q5_0(b, out):
+    d = _f16_col(b, 0)
+    q = _q5_quants(b, 6, 2).view(np.int8)
+    q -= np.int8(16)
+    return np.multiply(q, d, out=out)
 
 
-@_register("Q8_0")
-def _dq_q8_0(b):
-    d = _f16(b, 0)
-    return b[:, 2:34].view(np.int8).astype(np.float32) * d
+@_register_into("Q5_1")
+def _dq_q5_1(b, out):
+    d, m = _f16_col(b, 0), _f16_col(b, 2)
+    np.multiply(_q5_quants(b, 8, 4), d, out=out)
+    out += m
+    return out
+
+
+@_register_into("Q8_0")
+def _dq_q8_0(b, out):
+    return np.multiply(b[:, 2:34].view(np.int8), _f16_col(b, 0), out=out)
 
 
 @_register("Q8_1")

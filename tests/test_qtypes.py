@@ -256,3 +256,39 @@ def test_can_dequantize():
     with pytest.raises(KeyError):
         can_dequantize("Q9_9")
     assert isinstance(BY_NAME["Q4_K"], QType)
+
+
+# ---- dequantizing into a destination ----------------------------------------------------
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_out_gives_the_same_bits(name):
+    """dequantize(raw, q, out=...) writes exactly what dequantize(raw, q) returns: into a
+    C-contiguous array, a row band of a column-major one, and across several passes."""
+    from kernels import qtypes
+
+    q = BY_NAME[name]
+    rng = np.random.default_rng([SEED, q.id, 4])
+    raw = random_blocks(name, (7,), 5, rng, finite=True)
+    expected = quiet(dequantize, raw, name)
+    out = np.full(expected.shape, np.nan, np.float32)
+    assert quiet(dequantize, raw, name, out) is out
+    assert_bits_equal(out, expected)
+    cache = np.full((9, expected.shape[1]), np.nan, np.float32, order="F")
+    assert quiet(dequantize, raw, name, cache[1:8]).base is cache
+    assert_bits_equal(cache[1:8], expected)
+    assert np.isnan(cache[0]).all() and np.isnan(cache[8]).all()
+    old = qtypes.DEQUANT_CHUNK_BLOCKS
+    try:
+        qtypes.DEQUANT_CHUNK_BLOCKS = 1  # a pass per block (or a row, column-major)
+        for dest in (np.empty_like(expected), np.empty_like(expected, order="F")):
+            assert_bits_equal(quiet(dequantize, raw, name, dest), expected)
+    finally:
+        qtypes.DEQUANT_CHUNK_BLOCKS = old
+
+
+def test_out_must_fit():
+    raw = np.zeros((2, 18), np.uint8)
+    with pytest.raises(ValueError, match="out must be float32 of shape"):
+        dequantize(raw, "Q4_0", out=np.empty((2, 31), np.float32))
+    with pytest.raises(ValueError, match="out must be float32"):
+        dequantize(raw, "Q4_0", out=np.empty((2, 32), np.float64))
