@@ -80,7 +80,10 @@ def _dequantize_into(out: np.ndarray, w) -> np.ndarray:
     step = max(1, CHUNK_WEIGHTS // w.cols)
     for r in range(0, w.data.shape[0], step):
         band = w.data[r : r + step]
-        out[r : r + step] = band.view(np.float32) if w.qtype.name == "F32" else dequantize(band, w.qtype)
+        if w.qtype.name == "F32":
+            out[r : r + step] = band.view(np.float32)
+        else:
+            dequantize(band, w.qtype, out=out[r : r + step])
     return out
 
 
