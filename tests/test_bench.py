@@ -40,6 +40,11 @@ def test_first_token_trial(tiny):
     assert warm["rss"]["peak"] >= warm["rss"]["total"] > 0 and warm["cached_after_evict"] is None
     cold = first_token_trial(str(path), "numpy", "none", cold=True)
     assert isinstance(cold["cached_after_evict"], int)
+    from workbench.f32_store import files_for
+
+    assert len(files_for(path)) == 1  # the f32 trial wrote numpy's stored cache; a cold one evicts it too
+    cold = first_token_trial(str(path), "numpy", "f32", cold=True)
+    assert isinstance(cold["cached_after_evict"], int)
 
 
 def test_run_bench_report(tiny, tmp_path):

@@ -150,22 +150,37 @@ def first_token_trial(model_path: str, engine: str, weight_cache: str = "f32", c
 def load_trials(model_path: str, engines: list[tuple[str, str, str]], repeat: int, cold: bool = True,
                 warm: bool = True, threads: int = 2, log=print) -> dict:
     """First-token trials for each (name, backend, weight cache), each in a fresh process,
-    interleaved over engines; medians per engine and temperature."""
+    interleaved over engines; medians per engine and temperature. One untimed trial per
+    engine first (a first load ever also writes numpy's stored f32 cache). Warm: the model
+    file and that store are read into the page cache before each trial (a cold trial before
+    evicted them); cold: both are evicted (first_token_trial)."""
     import json
     import subprocess
     import sys
 
+    from .f32_store import files_for
+    from .instrument.residency import warm as read_into_cache
+
+    def trial(name, backend, wc, is_cold):
+        if not is_cold:
+            for p in [model_path, *files_for(model_path)]:
+                read_into_cache(p)
+        cmd = [sys.executable, "-m", "workbench", "first-token-trial", model_path, "--engine", backend,
+               "--weight-cache", wc, "--threads", str(threads)] + (["--cold"] if is_cold else [])
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"first-token trial of {name} failed: {r.stderr.strip()[-500:]}")
+        return json.loads(r.stdout)
+
+    for engine in engines:  # warm-up, not counted
+        trial(*engine, False)
     runs: dict = {}
     temps = [c for c, on in ((True, cold), (False, warm)) if on]
     for _ in range(repeat):
         for is_cold in temps:
             for name, backend, wc in engines:
-                cmd = [sys.executable, "-m", "workbench", "first-token-trial", model_path, "--engine", backend,
-                       "--weight-cache", wc, "--threads", str(threads)] + (["--cold"] if is_cold else [])
-                r = subprocess.run(cmd, capture_output=True, text=True)
-                if r.returncode != 0:
-                    raise RuntimeError(f"first-token trial of {name} failed: {r.stderr.strip()[-500:]}")
-                runs.setdefault(name, {}).setdefault("cold" if is_cold else "warm", []).append(json.loads(r.stdout))
+                runs.setdefault(name, {}).setdefault("cold" if is_cold else "warm", []).append(
+                    trial(name, backend, wc, is_cold))
     out = {}
     for name, by_temp in runs.items():
         for temp, rs in by_temp.items():
