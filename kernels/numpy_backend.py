@@ -158,6 +158,15 @@ class NumpyBackend(Backend):
             if id(w) not in self._cache:
                 self._cache[id(w)] = np.ascontiguousarray(weight_f32(w))
 
+    def cache_info(self) -> dict:
+        """The f32 cache: its bytes and where it lives ("memory", or the store file it was
+        mapped from or written to during this load)."""
+        info = {"mode": self.weight_cache, "bytes": self.cache_bytes}
+        if self.weight_cache == "f32":
+            stored = self.store.info() if self.store is not None else {}
+            info["store"] = stored if stored.get("path") else "memory"
+        return info
+
     @property
     def cache_bytes(self) -> int:
         return sum(a.nbytes for a in self._cache.values())

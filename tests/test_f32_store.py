@@ -43,6 +43,9 @@ def test_first_load_writes_the_store_and_later_loads_map_it(model_path, store_di
     m1 = workbench.load(model_path, weight_cache="f32")
     files = list(store_dir.glob("*.f32"))
     assert len(files) == 1 and m1.ops.backend.store.path == files[0]
+    info = m1.ops.backend.cache_info()
+    assert info["store"] == {"path": str(files[0]), "built_now": True, "bytes": files[0].stat().st_size}
+    assert info["bytes"] == sum(w.rows * w.cols * 4 for w in m1.weights.tensors())
     first, out1 = cached(m1), logits(m1)
     m1.close()
     m2 = workbench.load(model_path, weight_cache="f32")
@@ -56,8 +59,13 @@ def test_first_load_writes_the_store_and_later_loads_map_it(model_path, store_di
                 np.testing.assert_array_equal(a, dequantize(w.data, w.qtype))
             np.testing.assert_array_equal(a, first[w.name])
         np.testing.assert_array_equal(logits(m2), out1)
+        assert be.cache_info()["store"]["built_now"] is False
+        from workbench.profile import run_profile
+
+        text = run_profile(m2, "ab", n=1, residency=False).summary_text()
+        assert f"float32 weight cache mapped from {files[0].name} (in the f32 store)" in text
         memory = workbench.load(model_path, weight_cache="f32", f32_store=False)
-        assert memory.ops.backend.store is None
+        assert memory.ops.backend.store is None and memory.ops.backend.cache_info()["store"] == "memory"
         np.testing.assert_array_equal(logits(memory), out1)
         memory.close()
     finally:

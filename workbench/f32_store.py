@@ -69,6 +69,7 @@ class F32Store:
         st = os.stat(self.source)
         self.identity = {"path": self.source, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
         self.path: Path | None = None  # the file the arrays came from, once loaded or saved
+        self.built = False  # True if this load wrote it
         self._map = None
 
     def _file(self, layout) -> tuple[Path, str]:
@@ -121,8 +122,13 @@ class F32Store:
                     pass
         with open(path, "rb") as f:
             m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
-        self.path, self._map = path, m
+        self.path, self._map, self.built = path, m, True
         return _views(m, arrays)
+
+    def info(self) -> dict:
+        """Where this load's float32 cache came from, for reports."""
+        return {"path": str(self.path) if self.path else None, "built_now": self.built,
+                "bytes": self.path.stat().st_size if self.path and self.path.exists() else 0}
 
     def _evict(self, keep_free: int) -> None:
         """Remove stale stores (same source, or source gone), then the least recently used

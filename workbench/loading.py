@@ -64,7 +64,7 @@ class LoadReport:
     faults: dict = field(default_factory=dict)
     then_seconds: float | None = None  # the follow-up (model build + first token) after the load
     faults_after_load: dict = field(default_factory=dict)  # faults during that follow-up
-    weight_cache: dict = field(default_factory=dict)  # mode, seconds, bytes (the f32 cache's cost)
+    weight_cache: dict = field(default_factory=dict)  # mode, seconds, bytes, store (the f32 cache's cost)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -238,8 +238,9 @@ def trial(model: str, strategy: str, threads: int, cold: bool, weight_cache: str
     g, rep = load_file(path, strategy, threads, cold, then=first_token)
     rep.first_token_seconds = time.perf_counter() - t0
     m = built["model"]
+    info = getattr(m.ops.backend, "cache_info", lambda: {"bytes": 0})()
     rep.weight_cache = {"mode": weight_cache, "seconds": m.load_seconds.get("backend_prepare", 0.0),
-                        "bytes": getattr(m.ops.backend, "cache_bytes", 0)}
+                        "bytes": info["bytes"], "store": info.get("store")}
     d = rep.to_dict()
     d["rss_after_first_token"] = rss()
     m.close()

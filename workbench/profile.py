@@ -120,6 +120,19 @@ class Profile:
                       "Text: " + repr(g.get("text", "")), ""]
         lines += [f"Machine: {m['machine']['cpu']}, {m['machine']['cores']} cores. "
                   f"Recorder overhead: {m.get('recorder_overhead_ms', 0):.1f} ms over {len(self.events)} op events.", ""]
+        load = m.get("load_seconds") or {}
+        if load:
+            wc, where = m.get("weight_cache") or {}, ""
+            store = wc.get("store")
+            if store == "memory":
+                where = f"; the {wc['bytes'] / 1e6:.0f} MB float32 weight cache built in memory"
+            elif isinstance(store, dict):
+                where = (f"; the {wc['bytes'] / 1e6:.0f} MB float32 weight cache "
+                         f"{'written to' if store.get('built_now') else 'mapped from'} "
+                         f"{os.path.basename(store.get('path') or '')} (in the f32 store)")
+            lines += [f"Load: {load.get('total', 0):.2f} s (parse {load.get('map_and_parse', 0):.2f}, tokenizer and "
+                      f"weights {load.get('tokenizer_and_weights', 0):.2f}, backend {load.get('backend_prepare', 0):.2f})"
+                      f"{where}.", ""]
         for phase in ("prefill", "decode"):
             rows = self.table("op", phase)
             if rows:
@@ -249,6 +262,7 @@ def run_profile(model, prompt: str, n: int = 16, backend: str = "numpy", weight_
                              "chat": chat, "faults": faults, "touch": touch, "prompt": prompt, "cold": cold,
                              "cached_after_evict": still_cached, "madvise": madvise},
                 "load_seconds": m.load_seconds, "recorder_overhead_ms": rec.overhead_ns / 1e6,
+                "weight_cache": getattr(m.ops.backend, "cache_info", dict)(),
                 "backend_errors": list(m.ops.errors)}
         res = {}
         if residency:
