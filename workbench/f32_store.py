@@ -38,12 +38,36 @@ DEFAULT_MAX_BYTES = 8 << 30
 
 def for_model(path: str | os.PathLike) -> "F32Store | None":
     """The store for the model file at `path`, or None if the store is turned off."""
+    d = store_dir()
+    return None if d is None else F32Store(d, path)
+
+
+def store_dir() -> Path | None:
+    """Where stores are kept, or None if the store is turned off."""
     env = os.environ.get("WORKBENCH_F32_STORE", "")
     if env.strip().lower() in ("0", "off", "no", "false"):
         return None
+    if env and env not in ("1", "on"):
+        return Path(env)
     from .models import cache_dir
 
-    return F32Store(Path(env) if env and env not in ("1", "on") else cache_dir() / "f32", path)
+    return cache_dir() / "f32"
+
+
+def stores() -> list[dict]:
+    """Every store file: path, bytes, its source model and whether that still exists, when
+    it was last used (seconds since the epoch); newest use first."""
+    d = store_dir()
+    out = []
+    for p in (d.glob("*" + SUFFIX) if d is not None and d.is_dir() else ()):
+        try:
+            st, h = p.stat(), _read_header(p)
+        except OSError:
+            continue
+        src = (h or {}).get("source", {}).get("path")
+        out.append({"path": str(p), "bytes": st.st_size, "source": src,
+                    "source_exists": bool(src and os.path.exists(src)), "last_used": st.st_mtime})
+    return sorted(out, key=lambda r: -r["last_used"])
 
 
 def files_for(path: str | os.PathLike) -> list[Path]:
