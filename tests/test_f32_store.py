@@ -90,7 +90,7 @@ def test_a_changed_model_file_gets_a_new_store_and_the_stale_one_goes(model_path
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage header", "zero header length", "other key", "other shape",
-                                    "offset outside"])
+                                    "offset outside", "source not an object", "deep nesting"])
 def test_a_damaged_store_is_ignored_and_rebuilt(model_path, store_dir, damage):
     workbench.load(model_path, weight_cache="f32").close()
     (path,) = store_dir.glob("*.f32")
@@ -108,6 +108,14 @@ def test_a_damaged_store_is_ignored_and_rebuilt(model_path, store_dir, damage):
         i = data.index(b'"shape": [') + 10
         j = data.index(b",", i)
         data[i:j] = str(int(data[i:j]) + 1).rjust(j - i).encode()
+    elif damage == "source not an object":  # a header that is JSON but not ours
+        blob = b'{"source": "x", "key": 1}'
+        data[8:16] = len(blob).to_bytes(8, "little")
+        data[16 : 16 + len(blob)] = blob
+    elif damage == "deep nesting":
+        blob = b"[" * 100_000
+        data[8:16] = len(blob).to_bytes(8, "little")
+        data[16 : 16 + len(blob)] = blob
     else:
         i = data.index(b'"offset": ') + 10
         j = data.index(b",", i) if data.index(b",", i) < data.index(b"}", i) else data.index(b"}", i)
@@ -183,3 +191,22 @@ def test_cache_command_lists_and_clears_the_stores(model_path, store_dir, capsys
     assert main(["cache"]) == 0 and store.name in capsys.readouterr().out
     assert main(["cache", "--clear-f32"]) == 0
     assert "removed 1 float32 weight stores" in capsys.readouterr().out and not store.exists()
+
+
+def test_a_full_disk_warns_and_keeps_the_cache_in_memory(model_path, store_dir, monkeypatch):
+    import errno
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.warns(RuntimeWarning, match="No space left"):
+        m = workbench.load(model_path, weight_cache="f32")
+    try:
+        assert m.ops.backend.cache_info()["store"] == "memory" and not list(store_dir.glob("*.f32"))
+        assert not [p for p in store_dir.iterdir()]  # no temporary left behind
+        for w in m.weights.tensors():
+            if w.qtype.name != "F32":
+                np.testing.assert_array_equal(m.ops.backend._cache[id(w)], dequantize(w.data, w.qtype))
+    finally:
+        m.close()

@@ -64,7 +64,7 @@ def stores() -> list[dict]:
             st, h = p.stat(), _read_header(p)
         except OSError:
             continue
-        src = (h or {}).get("source", {}).get("path")
+        src = _source_of(h)
         out.append({"path": str(p), "bytes": st.st_size, "source": src,
                     "source_exists": bool(src and os.path.exists(src)), "last_used": st.st_mtime})
     return sorted(out, key=lambda r: -r["last_used"])
@@ -81,7 +81,7 @@ def files_for(path: str | os.PathLike) -> list[Path]:
             h = _read_header(p)
         except OSError:
             continue
-        if h is not None and h.get("source", {}).get("path") == store.source:
+        if _source_of(h) == store.source:
             out.append(p)
     return out
 
@@ -116,7 +116,10 @@ class F32Store:
             m.close()
             return None
         arrays = _views(m, header["arrays"])
-        os.utime(path)  # recently used
+        try:
+            os.utime(path)  # recently used
+        except OSError:  # a read-only store: still usable
+            pass
         self.path, self._map = path, m
         return arrays
 
@@ -132,7 +135,9 @@ class F32Store:
         self._evict(keep_free=size)
         with atomic_path(path) as tmp:
             with open(tmp, "r+b") as f:
-                f.truncate(size)
+                # the blocks are reserved now: a full disk is an OSError here, not a SIGBUS
+                # when a write through the mapping finds no space
+                os.posix_fallocate(f.fileno(), 0, size)
                 f.write(MAGIC + struct.pack("<Q", len(blob)) + blob)
                 f.flush()
                 m = mmap.mmap(f.fileno(), size)
@@ -165,7 +170,7 @@ class F32Store:
                 h = _read_header(p)
             except OSError:
                 continue
-            src = (h or {}).get("source", {}).get("path")
+            src = _source_of(h)
             if h is None or src == self.source or (src and not os.path.exists(src)):
                 _unlink(p)
             else:
@@ -210,9 +215,16 @@ def _header(buf) -> dict | None:
         return None
     try:
         h = json.loads(bytes(buf[n : n + length]))
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return h if isinstance(h, dict) else None
+
+
+def _source_of(header: dict | None) -> str | None:
+    """The source model path a store's header names (None if it names none)."""
+    src = (header or {}).get("source")
+    path = src.get("path") if isinstance(src, dict) else None
+    return path if isinstance(path, str) else None
 
 
 def _read_header(path: Path) -> dict | None:
