@@ -136,8 +136,13 @@ class F32Store:
         with atomic_path(path) as tmp:
             with open(tmp, "r+b") as f:
                 # the blocks are reserved now: a full disk is an OSError here, not a SIGBUS
-                # when a write through the mapping finds no space
-                os.posix_fallocate(f.fileno(), 0, size)
+                # when a write through the mapping finds no space (systems without
+                # posix_fallocate get a sparse file)
+                reserve = getattr(os, "posix_fallocate", None)
+                if reserve is not None:
+                    reserve(f.fileno(), 0, size)
+                else:
+                    f.truncate(size)
                 f.write(MAGIC + struct.pack("<Q", len(blob)) + blob)
                 f.flush()
                 m = mmap.mmap(f.fileno(), size)
