@@ -158,6 +158,11 @@ class NumpyBackend(Backend):
             if id(w) not in self._cache:
                 self._cache[id(w)] = np.ascontiguousarray(weight_f32(w))
 
+    @property
+    def can_fuse(self) -> bool:
+        """Whether this backend has ops to fuse (groups of weights cached side by side)."""
+        return bool(self._groups)
+
     def cache_info(self) -> dict:
         """The f32 cache: its bytes and where it lives ("memory", or the store file it was
         mapped from or written to during this load)."""

@@ -594,6 +594,11 @@ class OpenCLBackend(Backend):
 
     # ---- fusion: launches held back for the op that reads their result --------------------
 
+    @property
+    def can_fuse(self) -> bool:
+        """Whether this backend has launches to fuse (activations resident on the device)."""
+        return bool(self.resident)
+
     def _fusing(self) -> bool:
         return self.resident and (not self.profile if self.fuse is None else self.fuse)
 

@@ -64,6 +64,10 @@ def test_first_load_writes_the_store_and_later_loads_map_it(model_path, store_di
 
         text = run_profile(m2, "ab", n=1, residency=False).summary_text()
         assert f"float32 weight cache mapped from {files[0].name} (in the f32 store)" in text
+        assert "Fused ops (numpy: " in text  # run one at a time while recording, and the summary says so
+        plain = workbench.load(model_path)  # no f32 cache: nothing to fuse, nothing said
+        assert "Fused ops" not in run_profile(plain, "ab", n=1, residency=False).summary_text()
+        plain.close()
         memory = workbench.load(model_path, weight_cache="f32", f32_store=False)
         assert memory.ops.backend.store is None and memory.ops.backend.cache_info()["store"] == "memory"
         np.testing.assert_array_equal(logits(memory), out1)

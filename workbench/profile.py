@@ -120,6 +120,11 @@ class Profile:
                       "Text: " + repr(g.get("text", "")), ""]
         lines += [f"Machine: {m['machine']['cpu']}, {m['machine']['cores']} cores. "
                   f"Recorder overhead: {m.get('recorder_overhead_ms', 0):.1f} ms over {len(self.events)} op events.", ""]
+        unfused = [name for name, fused in (m.get("fused_while_recording") or {}).items() if not fused]
+        if unfused:
+            lines += [f"Fused ops ({', '.join(unfused)}: q/k/v and gate/up as one GEMM or launch, add + norm, ...) ran "
+                      "one at a time while recording, so that each op's time is its own: without a recorder "
+                      "they run fused and faster (`workbench overhead` measures the difference).", ""]
         load = m.get("load_seconds") or {}
         if load:
             wc, where = m.get("weight_cache") or {}, ""
@@ -263,6 +268,9 @@ def run_profile(model, prompt: str, n: int = 16, backend: str = "numpy", weight_
                              "cached_after_evict": still_cached, "madvise": madvise},
                 "load_seconds": m.load_seconds, "recorder_overhead_ms": rec.overhead_ns / 1e6,
                 "weight_cache": getattr(m.ops.backend, "cache_info", dict)(),
+                # backends that fuse ops ran them one at a time while recording unless fuse=True
+                "fused_while_recording": {b.name: b.fuse is True for b in m.ops.backends
+                                          if getattr(b, "can_fuse", False) and b.fuse is not False},
                 "backend_errors": list(m.ops.errors)}
         res = {}
         if residency:
