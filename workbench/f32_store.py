@@ -54,36 +54,33 @@ def store_dir() -> Path | None:
     return cache_dir() / "f32"
 
 
-def stores() -> list[dict]:
-    """Every store file: path, bytes, its source model and whether that still exists, when
-    it was last used (seconds since the epoch); newest use first."""
-    d = store_dir()
+def _scan(directory: Path | None) -> list[dict]:
+    """Every file with the store suffix in `directory`: path, bytes, last use (mtime), whether
+    its header reads as a store's, the source model it names and whether that still exists."""
     out = []
-    for p in (d.glob("*" + SUFFIX) if d is not None and d.is_dir() else ()):
+    for p in (directory.glob("*" + SUFFIX) if directory is not None and directory.is_dir() else ()):
         try:
             st, h = p.stat(), _read_header(p)
         except OSError:
             continue
         src = _source_of(h)
         out.append({"path": str(p), "bytes": st.st_size, "source": src,
-                    "source_exists": bool(src and os.path.exists(src)), "last_used": st.st_mtime})
-    return sorted(out, key=lambda r: -r["last_used"])
+                    "source_exists": bool(src and os.path.exists(src)), "last_used": st.st_mtime,
+                    "is_store": h is not None})
+    return out
+
+
+def stores() -> list[dict]:
+    """Every store file: path, bytes, its source model and whether that still exists, when
+    it was last used (seconds since the epoch); newest use first."""
+    rows = [{k: v for k, v in r.items() if k != "is_store"} for r in _scan(store_dir())]
+    return sorted(rows, key=lambda r: -r["last_used"])
 
 
 def files_for(path: str | os.PathLike) -> list[Path]:
     """The store files made from the model file at `path` (what a cold start evicts too)."""
-    store = for_model(path)
-    if store is None or not store.dir.is_dir():
-        return []
-    out = []
-    for p in store.dir.glob("*" + SUFFIX):
-        try:
-            h = _read_header(p)
-        except OSError:
-            continue
-        if _source_of(h) == store.source:
-            out.append(p)
-    return out
+    source = os.path.realpath(path)
+    return [Path(r["path"]) for r in _scan(store_dir()) if r["source"] == source]
 
 
 class F32Store:
@@ -169,17 +166,11 @@ class F32Store:
         until the directory plus `keep_free` bytes fits the size limit."""
         limit = int(os.environ.get("WORKBENCH_F32_STORE_MAX", DEFAULT_MAX_BYTES))
         entries = []
-        for p in self.dir.glob("*" + SUFFIX):
-            try:
-                st = p.stat()
-                h = _read_header(p)
-            except OSError:
-                continue
-            src = _source_of(h)
-            if h is None or src == self.source or (src and not os.path.exists(src)):
-                _unlink(p)
+        for r in _scan(self.dir):
+            if not r["is_store"] or r["source"] == self.source or (r["source"] and not r["source_exists"]):
+                _unlink(Path(r["path"]))
             else:
-                entries.append((st.st_mtime, st.st_size, p))
+                entries.append((r["last_used"], r["bytes"], Path(r["path"])))
         total = sum(s for _, s, _ in entries) + keep_free
         for _, s, p in sorted(entries):
             if total <= limit:
