@@ -79,11 +79,7 @@ def _dequantize_into(out: np.ndarray, w) -> np.ndarray:
     """Dequantize weight `w` into `out` (rows, cols), a band of rows at a time."""
     step = max(1, CHUNK_WEIGHTS // w.cols)
     for r in range(0, w.data.shape[0], step):
-        band = w.data[r : r + step]
-        if w.qtype.name == "F32":
-            out[r : r + step] = band.view(np.float32)
-        else:
-            dequantize(band, w.qtype, out=out[r : r + step])
+        dequantize(w.data[r : r + step], w.qtype, out=out[r : r + step])  # (F32: a copy of the band)
     return out
 
 
