@@ -42,8 +42,7 @@ import numpy as np
 
 from .base import ROPE_NEOX, ROPE_NORM
 from .numpy_backend import CHUNK_WEIGHTS, NumpyBackend
-from .qtypes import _f16, _nibbles, dequantize
-from .qtypes import _q5_high_bits as _q5_high
+from .qtypes import _f16, _nibbles, _q5_quants, dequantize
 
 F32 = np.float32
 
@@ -59,7 +58,7 @@ def _q4_1(b):
 
 
 def _q5_0(b):
-    return dict(q=_nibbles(b[:, 6:22]) | _q5_high(b, 2), d=_f16(b, 0)), "(q - 16) * d"
+    return dict(q=_q5_quants(b, 6, 2), d=_f16(b, 0)), "(q - 16) * d"
 
 
 def _q8_0(b):

@@ -229,12 +229,6 @@ def _dq_q4_1(b, out):
     return out
 
 
-def _q5_high_bits(b: np.ndarray, at: int) -> np.ndarray:
-    """The 32 fifth bits stored as a little-endian uint32 at byte `at`, as (n, 32) values 0/16."""
-    qh = np.ascontiguousarray(b[:, at : at + 4]).view("<u4")  # (n, 1)
-    return (((qh >> np.arange(32, dtype=np.uint32)) & 1) << 4).astype(np.uint8)
-
-
 def _q5_quants(b: np.ndarray, qs_at: int, qh_at: int) -> np.ndarray:
     """Q5 quants 0..31 as uint8 (n, 32): nibbles (low then high) plus the fifth bits, bit j
     of the little-endian uint32 at `qh_at` being weight j's."""
