@@ -109,6 +109,19 @@ def test_prompts_match_llamacpp(model):
     assert tok.encode(q1["text"], add_bos=True)[0] == fx["bos_id"]
 
 
+def test_bpe_corpus_matches_llamacpp(tok_smollm2):
+    """310 texts mixing scripts, digits, whitespace, emoji, contractions, special-token text and
+    long runs, tokenized by llama.cpp itself (tests/fixtures/make_bpe_corpus.py)."""
+    fx = json.loads((FIXTURES / "llamacpp_smollm2_bpe_corpus.json").read_text(encoding="utf-8"))
+    bad = []
+    for case in fx["cases"]:
+        for parse_special, field in ((True, "ids"), (False, "ids_no_parse_special")):
+            got = tok_smollm2.encode(case["text"], parse_special=parse_special, add_bos=False)
+            if got != case[field]:
+                bad.append((case["text"], parse_special, got, case[field]))
+    assert len(fx["cases"]) >= 300 and not bad, f"{len(bad)} differ from llama.cpp, e.g. {bad[:2]}"
+
+
 def test_pieces_match_llamacpp(model):
     key, tok, fx = model
     for p in fx["prompts"]:
@@ -349,6 +362,50 @@ def test_gpt2_synthetic_merges_specials_and_clean_spaces():
         ids = tok.encode(text)
         dec = StreamDecoder(tok)
         assert "".join(dec.push(i) for i in ids) + dec.flush() == tok.decode(ids), text
+
+
+def _naive_bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-level BPE the slow, obvious way: merge the lowest-ranked adjacent pair (leftmost of
+    equals), one at a time, until none has a rank."""
+    sym = list(word)
+    while True:
+        found = [(ranks[p], i) for i, p in enumerate(zip(sym, sym[1:])) if p in ranks]
+        if not found:
+            return sym
+        _, i = min(found)
+        sym[i:i + 2] = [sym[i] + sym[i + 1]]
+
+
+def test_gpt2_bpe_matches_naive_merging():
+    """Random merge lists over a small alphabet, in any order (a merge may outrank the merges that
+    build its parts, and a merged text need not be a token), against `_naive_bpe`."""
+    rng = random.Random(5)
+    for trial in range(40):
+        alphabet = "abcd"
+        pairs = list(dict.fromkeys((rng.choice(["a", "b", "c", "d", "ab", "ba", "cd", "abc", "dd"]),
+                                    rng.choice(["a", "b", "c", "d", "ab", "cd", "bc"])) for _ in range(14)))
+        merges = [f"{a} {b}" for a, b in pairs]
+        extra = list(dict.fromkeys(a + b for a, b in pairs[: len(pairs) // 2 + 1]))   # some results are not tokens
+        tok = Tokenizer.from_metadata(_gpt2_meta(extra=extra, merges=merges))
+        ranks = {p: r for r, p in enumerate(pairs)}
+        for _ in range(30):
+            word = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+            want = []
+            for s in _naive_bpe(word, ranks):
+                t = tok.token_id(s)
+                want += [t] if t is not None else [tok.token_id(c) for c in s]   # ASCII: each char is a token
+            assert tok.encode(word, add_bos=False) == want, (trial, merges, word)
+
+
+def test_gpt2_repeated_merge_keeps_first_rank_and_long_words():
+    # "b c" listed twice: its first rank (0) beats "a b" (1), as in llama.cpp
+    tok = Tokenizer.from_metadata(_gpt2_meta(extra=["ab", "bc"], merges=["b c", "a b", "b c"]))
+    assert tok.encode("abc", add_bos=False) == _ids(tok, "a", "bc")
+    tok = Tokenizer.from_metadata(_gpt2_meta(extra=["aa", "aaaa"], merges=["a a", "aa aa"]))
+    t0 = time.perf_counter()
+    ids = tok.encode("a" * 20001, add_bos=False)   # one word: merging must not be quadratic
+    assert ids == [tok.token_id("aaaa")] * 5000 + [tok.token_id("a")]
+    assert time.perf_counter() - t0 < 5.0
 
 
 @pytest.mark.parametrize("pre", ["default", "gpt-2", "llama-bpe", "qwen2", "smollm", "starcoder"])

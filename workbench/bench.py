@@ -83,7 +83,7 @@ def prompt_flops(path: str, ns) -> dict[int, int]:
             + 2 * out.dims[0] * out.dims[1] for n in ns}
 
 
-TRIAL_PROMPT = 8  # tokens of the prompt a first-token trial evaluates
+TRIAL_TEXT = "The mapped weights fault in as the first token is computed."  # 12 tokens (SmolLM2), 13 (Gemma 3)
 
 
 def _import_backend(engine: str) -> None:
@@ -104,9 +104,10 @@ def _import_backend(engine: str) -> None:
 
 def first_token_trial(model_path: str, engine: str, weight_cache: str = "f32", cold: bool = False,
                       threads: int = 2) -> dict:
-    """In this (fresh) process: load `engine` and evaluate an 8-token prompt up to its
-    first sampled token. Times from just before the load to the argmax; `cold` evicts the
-    file from the page cache first. Peak RSS is the process's VmHWM.
+    """In this (fresh) process: load `engine`, tokenize TRIAL_TEXT with the model's own
+    vocabulary and evaluate it up to its first sampled token. Times from just before the load
+    to the argmax; `cold` evicts the file from the page cache first. Peak RSS is the process's
+    VmHWM; `prompt_tokens` the prompt's length (the same ids for every engine).
 
     Imports are done before the clock starts, the same for every engine: llama.cpp's
     `import llama_cpp` (which loads its shared library), and for ours the backend module the
@@ -114,9 +115,6 @@ def first_token_trial(model_path: str, engine: str, weight_cache: str = "f32", c
     process or notebook would have them already."""
     from .instrument.residency import evict
     from .loading import rss
-
-    def ids(n_vocab: int) -> list[int]:  # ordinary tokens (the same ones for every engine)
-        return [(1000 + 37 * i) % n_vocab for i in range(TRIAL_PROMPT)]
 
     if engine == "llama.cpp":
         import llama_cpp
@@ -135,16 +133,18 @@ def first_token_trial(model_path: str, engine: str, weight_cache: str = "f32", c
         llm = Llama(model_path=model_path, n_ctx=256, n_batch=512, n_threads=threads, n_threads_batch=threads,
                     verbose=False)
         t1 = time.perf_counter()
-        llm.eval(ids(llm.n_vocab()))
+        ids = llm.tokenize(TRIAL_TEXT.encode(), add_bos=True, special=True)
+        llm.eval(ids)
         row = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
         int(np.argmax(np.ctypeslib.as_array(row, shape=(llm.n_vocab(),))))
     else:
         m = load(model_path, backend=engine, weight_cache=weight_cache)
         t1 = time.perf_counter()
-        int(m.forward(m.new_state(64), ids(m.config.n_vocab))[-1].argmax())
+        ids = m.tokenizer.encode(TRIAL_TEXT)
+        int(m.forward(m.new_state(64), ids)[-1].argmax())
     t2 = time.perf_counter()
     return {"engine": engine, "cold": cold, "cached_after_evict": still, "load_seconds": t1 - t0,
-            "first_token_seconds": t2 - t0, "rss": rss()}
+            "first_token_seconds": t2 - t0, "prompt_tokens": len(ids), "rss": rss()}
 
 
 def load_trials(model_path: str, engines: list[tuple[str, str, str]], repeat: int, cold: bool = True,
@@ -189,10 +189,14 @@ def load_trials(model_path: str, engines: list[tuple[str, str, str]], repeat: in
                 "median_s": statistics.median(ft), "min_s": min(ft), "max_s": max(ft), "runs": len(rs),
                 "load_median_s": statistics.median(x["load_seconds"] for x in rs),
                 "peak_rss_median": statistics.median(x["rss"]["peak"] for x in rs),
-                "cached_after_evict_max": max((x["cached_after_evict"] or 0) for x in rs)}
+                "cached_after_evict_max": max((x["cached_after_evict"] or 0) for x in rs),
+                "prompt_tokens": sorted({x["prompt_tokens"] for x in rs})}
             log(f"first token {temp:4s} {name:18s} median {1e3 * out[name][temp]['median_s']:7.1f} ms "
                 f"(min {1e3 * min(ft):.1f}, max {1e3 * max(ft):.1f}, {len(rs)} runs), peak RSS "
                 f"{out[name][temp]['peak_rss_median'] / 1e6:.0f} MB")
+    lengths = {name: t["prompt_tokens"] for name, by_temp in out.items() for t in by_temp.values()}
+    if len({tuple(v) for v in lengths.values()}) > 1:
+        raise RuntimeError(f"the engines tokenized the trial prompt to different lengths: {lengths}")
     return out
 
 
@@ -369,7 +373,7 @@ def to_markdown(report: dict) -> str:
             lines.append(f"| {name} | {w} | {v['median_tps']:.1f} | {v['min_tps']:.1f}-{v['max_tps']:.1f} | {ratio} | {frac} |")
     firsts = {name: e["first_token"] for name, e in report["engines"].items() if e.get("first_token")}
     if firsts:
-        lines += ["", "Load to first token (8-token prompt), each run a fresh process; median (min-max), peak RSS:", "",
+        lines += ["", "Load to first token (a one-sentence prompt, tokenized), each run a fresh process; median (min-max), peak RSS:", "",
                   "| engine | warm | cold | peak RSS |", "|---|---|---|---|"]
         for name, ft in firsts.items():
             cell = {t: (f"{1e3 * ft[t]['median_s']:.0f} ms ({1e3 * ft[t]['min_s']:.0f}-{1e3 * ft[t]['max_s']:.0f})"

@@ -6,9 +6,10 @@
 
 Two vocabulary types, chosen by `tokenizer.ggml.model`:
 
-* ``gpt2``: byte-level BPE (SmolLM2, Llama 3, Qwen 2, ...). Runs on Hugging Face ``tokenizers``
-  built from the GGUF's vocabulary and merges, with the pre-tokenizer that ``tokenizer.ggml.pre``
-  names.
+* ``gpt2``: byte-level BPE (SmolLM2, Llama 3, Qwen 2, ...): the pre-tokenizer that
+  ``tokenizer.ggml.pre`` names (Hugging Face ``tokenizers``' regexes and byte map) splits the text
+  into words, then llama.cpp's ``llm_tokenizer_bpe`` in pure Python merges each word's symbols by
+  merge rank (building it is two dicts, ~10 ms for a 49k vocabulary).
 * ``llama``: SentencePiece-style (Gemma 3, Llama 2, ...). llama.cpp's ``llm_tokenizer_spm`` in
   pure Python: spaces become ``▁``, adjacent symbols merge while their concatenation is a
   vocabulary entry, highest score first, and what is left that is not a token falls back to
@@ -599,20 +600,89 @@ class _BPETokenizer(Tokenizer):
                          add_bos=add_bos, add_eos=False, add_space_prefix=False, clean_spaces=clean_spaces)
         self.pre = pre
         self.pre_family = family
+        self.ignore_merges = ignore_merges
         merges = meta.get("tokenizer.ggml.merges")
         if merges is None:
             raise ValueError("tokenizer.ggml.model is 'gpt2' but the GGUF has no tokenizer.ggml.merges")
-        self._hf = _build_hf_bpe(self._tok2id, merges, family, ignore_merges)
+        # A merge's rank keyed by its own text "left right". llama.cpp splits a merge at its first
+        # space after the first character; the symbols looked up never hold a space (byte-level
+        # text writes it as "Ġ"), so `left + " " + right` finds exactly the merges it would.
+        # Built from the end so that a repeated merge keeps its first rank, as llama.cpp's does.
+        merges = list(merges)
+        self._ranks: dict[str, int] = dict(zip(reversed(merges), range(len(merges) - 1, -1, -1)))
+        self._pre_tokenizer = _pre_tokenizer(family)
+        self._words: dict[str, tuple[int, ...]] = {}   # word -> its ids (words recur in text)
 
     def _encode_fragments(self, fragments, out):
-        hf = self._hf
-        n = self.n_vocab
+        words = self._words
+        split = self._pre_tokenizer.pre_tokenize_str
         for frag in fragments:
             if isinstance(frag, int):
                 out.append(frag)
+                continue
+            for word, _ in split(frag):
+                ids = words.get(word)
+                if ids is None:
+                    if len(words) >= _WORD_CACHE:
+                        words.clear()
+                    ids = words[word] = self._bpe(word)
+                out.extend(ids)
+
+    def _bpe(self, word: str) -> tuple[int, ...]:
+        """llm_tokenizer_bpe_session::tokenize on one pre-tokenized word (byte-level text): its
+        characters are symbols; the adjacent pair of lowest merge rank is merged, leftmost
+        first, until no pair has a rank; a symbol that is not a token gives the tokens of its
+        single ASCII characters (llama.cpp looks its bytes up one by one), or nothing."""
+        get = self._tok2id.get
+        if self.ignore_merges:
+            t = get(word)
+            if t is not None:
+                return (t,)
+        rank = self._ranks.get
+        sym = list(word)
+        n = len(sym)
+        nxt = list(range(1, n + 1))
+        nxt[-1] = -1
+        prv = list(range(-1, n - 1))
+        # heap entries: (rank, left, left text, right text); stale once either symbol changed
+        heap = []
+        for i in range(n - 1):
+            r = rank(sym[i] + " " + sym[i + 1])
+            if r is not None:
+                heap.append((r, i, sym[i], sym[i + 1]))
+        heapq.heapify(heap)
+        pop, push = heapq.heappop, heapq.heappush
+        while heap:
+            _, l, a, b = pop(heap)
+            r = nxt[l]
+            if r < 0 or sym[l] != a or sym[r] != b:   # a symbol's text is its span: same text, same span
+                continue
+            sym[l] = s = a + b
+            sym[r] = ""
+            nr = nxt[l] = nxt[r]
+            if nr >= 0:
+                prv[nr] = l
+            p = prv[l]
+            if p >= 0:
+                k = rank(sym[p] + " " + s)
+                if k is not None:
+                    push(heap, (k, p, sym[p], s))
+            if nr >= 0:
+                k = rank(s + " " + sym[nr])
+                if k is not None:
+                    push(heap, (k, l, s, sym[nr]))
+        out = []
+        i = 0
+        while i != -1:
+            s = sym[i]
+            t = get(s)
+            if t is not None:
+                out.append(t)
             else:
-                ids = hf.encode(frag, add_special_tokens=False).ids
-                out.extend(i for i in ids if i < n)   # bytes the vocabulary lacks are dropped
+                # llama.cpp looks its bytes up one by one: only ASCII ones can be whole tokens
+                out.extend(t for c in s if c < "\x80" and (t := get(c)) is not None)
+            i = nxt[i]
+        return tuple(out)
 
     def _normal_text(self, text: str) -> bytes:
         """Byte-level BPE: each character stands for one byte (llama_decode_text)."""
@@ -627,41 +697,23 @@ class _BPETokenizer(Tokenizer):
         return bytes(out)
 
 
-def _build_hf_bpe(vocab: dict[str, int], merges: Sequence[str], family: str, ignore_merges: bool):
+_WORD_CACHE = 1 << 16   # words remembered per tokenizer (cleared when full)
+
+
+def _pre_tokenizer(family: str):
+    """The pre-tokenizer of a BPE family: its regexes, then GPT-2's byte-to-character map
+    (Hugging Face ``tokenizers``, whose regex engine has the Unicode classes they use)."""
     try:
-        from tokenizers import Regex, Tokenizer as HFTokenizer, models, pre_tokenizers
+        from tokenizers import Regex, pre_tokenizers
     except ImportError as e:  # pragma: no cover
         raise ImportError("byte-level BPE vocabularies need the 'tokenizers' package") from e
-    pairs = []
-    for m in merges:
-        pos = m.find(" ", 1)   # llama.cpp splits at the first space after the first character
-        pairs.append((m[:pos], m[pos + 1:]) if pos >= 0 else ("", ""))
-    pairs = list(dict.fromkeys(pairs))   # llama.cpp keeps a pair's first rank
-    # A byte whose character is missing from the vocabulary stays a symbol of its own in
-    # llama.cpp (no merge crosses it) and is dropped from the output; Hugging Face's BPE would
-    # drop it first and merge its neighbours. Give such characters ids past the vocabulary
-    # (removed again after encoding) so that they block merges the same way.
-    n = len(vocab)
-    missing = [c for c in _BYTE_TO_UNICODE.values() if c not in vocab]
-    if missing:
-        vocab = dict(vocab)
-        for k, c in enumerate(missing):
-            vocab[c] = n + k
-    try:
-        bpe = models.BPE(vocab, pairs, ignore_merges=ignore_merges)
-    except Exception as e:
-        raise ValueError(f"cannot build a BPE model from this GGUF's vocabulary and merges: {e}") from e
-    tok = HFTokenizer(bpe)
     if family == "gpt2":
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    elif family == "smollm":
-        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
-    else:
-        splits = [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in _PRE_FAMILIES[family]]
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
-            splits + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    return tok
+        return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if family == "smollm":
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in _PRE_FAMILIES[family]]
+    return pre_tokenizers.Sequence(splits + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
 
 
 # ====================================================================== SentencePiece style (llama)
