@@ -585,6 +585,55 @@ def _rstrip_c_space(s: str) -> str:
     return s.rstrip(_C_SPACE)
 
 
+def _merge(sym: list[str], table: dict[str, int], sep: str = "", value: list | None = None) -> list[str]:
+    """llama.cpp's merge loop (llm_tokenizer_spm_session and llm_tokenizer_bpe_session).
+
+    A pair of adjacent symbols is ranked by `table[left + sep + right]` (mapped through
+    `value` when given; a pair not in the table never merges); the lowest-ranked pair merges,
+    leftmost of equals, until no pair is ranked. Returns the symbols left, in order. A heap of
+    candidate pairs, each checked when popped: a pair is stale once either symbol grew (a
+    symbol's text is its span of the input, so the same text at the same start is the same
+    symbol)."""
+    n = len(sym)
+    if n < 2:
+        return sym
+    get = table.get
+    nxt = list(range(1, n + 1))
+    nxt[-1] = -1
+    prv = list(range(-1, n - 1))
+    heap = []   # (rank, left index, left text, right text)
+    for i in range(n - 1):
+        k = get(sym[i] + sep + sym[i + 1])
+        if k is not None:
+            heap.append((k if value is None else value[k], i, sym[i], sym[i + 1]))
+    heapq.heapify(heap)
+    pop, push = heapq.heappop, heapq.heappush
+    while heap:
+        _, l, a, b = pop(heap)
+        r = nxt[l]
+        if r < 0 or sym[l] != a or sym[r] != b:
+            continue
+        sym[l] = s = a + b
+        sym[r] = ""
+        nr = nxt[l] = nxt[r]
+        if nr >= 0:
+            prv[nr] = l
+            k = get(s + sep + sym[nr])
+            if k is not None:
+                push(heap, (k if value is None else value[k], l, s, sym[nr]))
+        p = prv[l]
+        if p >= 0:
+            k = get(sym[p] + sep + s)
+            if k is not None:
+                push(heap, (k if value is None else value[k], p, sym[p], s))
+    out = []
+    i = 0
+    while i != -1:
+        out.append(sym[i])
+        i = nxt[i]
+    return out
+
+
 # ====================================================================== byte-level BPE (gpt2)
 
 
@@ -638,50 +687,14 @@ class _BPETokenizer(Tokenizer):
             t = get(word)
             if t is not None:
                 return (t,)
-        rank = self._ranks.get
-        sym = list(word)
-        n = len(sym)
-        nxt = list(range(1, n + 1))
-        nxt[-1] = -1
-        prv = list(range(-1, n - 1))
-        # heap entries: (rank, left, left text, right text); stale once either symbol changed
-        heap = []
-        for i in range(n - 1):
-            r = rank(sym[i] + " " + sym[i + 1])
-            if r is not None:
-                heap.append((r, i, sym[i], sym[i + 1]))
-        heapq.heapify(heap)
-        pop, push = heapq.heappop, heapq.heappush
-        while heap:
-            _, l, a, b = pop(heap)
-            r = nxt[l]
-            if r < 0 or sym[l] != a or sym[r] != b:   # a symbol's text is its span: same text, same span
-                continue
-            sym[l] = s = a + b
-            sym[r] = ""
-            nr = nxt[l] = nxt[r]
-            if nr >= 0:
-                prv[nr] = l
-            p = prv[l]
-            if p >= 0:
-                k = rank(sym[p] + " " + s)
-                if k is not None:
-                    push(heap, (k, p, sym[p], s))
-            if nr >= 0:
-                k = rank(s + " " + sym[nr])
-                if k is not None:
-                    push(heap, (k, l, s, sym[nr]))
         out = []
-        i = 0
-        while i != -1:
-            s = sym[i]
+        for s in _merge(list(word), self._ranks, " "):
             t = get(s)
             if t is not None:
                 out.append(t)
             else:
                 # llama.cpp looks its bytes up one by one: only ASCII ones can be whole tokens
                 out.extend(t for c in s if c < "\x80" and (t := get(c)) is not None)
-            i = nxt[i]
         return tuple(out)
 
     def _normal_text(self, text: str) -> bytes:
@@ -737,18 +750,20 @@ class _SPMTokenizer(Tokenizer):
         self._byte_ids: dict[int, int] = {}
 
     @property
-    def _scores(self) -> list[float]:
+    def _neg_scores(self) -> list[float]:
+        """Minus each token's score, as Python floats (made on first use: the merge loop ranks
+        pairs lowest first)."""
         s = self._scores_list
         if s is None:
             if self._scores_src is None:
                 s = [0.0] * self.n_vocab
             else:
-                s = self._scores_src[: self.n_vocab].astype(np.float64).tolist()
+                s = (-self._scores_src[: self.n_vocab].astype(np.float64)).tolist()
             self._scores_list = s
         return s
 
     def score(self, id: int) -> float:
-        return self._scores[self._check_id(id)]
+        return -self._neg_scores[self._check_id(id)]
 
     def _byte_token(self, b: int) -> int:
         """llama_vocab::byte_to_token for SPM: <0xNN>, else the byte itself as a token."""
@@ -775,58 +790,16 @@ class _SPMTokenizer(Tokenizer):
             prev_special = False
 
     def _spm(self, text: str, out: list[int]) -> None:
-        """llm_tokenizer_spm_session::tokenize on one fragment (whitespace already escaped)."""
-        n = len(text)
-        if n == 0:
-            return
-        t2i = self._tok2id
-        get = t2i.get
-        scores = self._scores
-        sym = list(text)
-        ln = [1] * n
-        nxt = list(range(1, n + 1))
-        nxt[-1] = -1
-        prv = list(range(-1, n - 1))
-        # heap entries: (-score, left, right, size); top = highest score, then leftmost
-        heap = []
-        for i in range(n - 1):
-            t = get(sym[i] + sym[i + 1])
-            if t is not None:
-                heap.append((-scores[t], i, i + 1, 2))
-        heapq.heapify(heap)
-        pop, push = heapq.heappop, heapq.heappush
-        while heap:
-            _, l, r, size = pop(heap)
-            ll = ln[l]
-            rl = ln[r]
-            if ll == 0 or rl == 0 or ll + rl != size:
-                continue
-            sym[l] = s = sym[l] + sym[r]
-            ln[l] = size
-            ln[r] = 0
-            nr = nxt[r]
-            nxt[l] = nr
-            if nr >= 0:
-                prv[nr] = l
-            p = prv[l]
-            if p >= 0:
-                t = get(sym[p] + s)
-                if t is not None:
-                    push(heap, (-scores[t], p, l, ln[p] + size))
-            if nr >= 0:
-                t = get(s + sym[nr])
-                if t is not None:
-                    push(heap, (-scores[t], l, nr, size + ln[nr]))
-        i = 0
-        while i != -1:
-            s = sym[i]
+        """llm_tokenizer_spm_session::tokenize on one fragment (whitespace already escaped):
+        adjacent symbols merge while their concatenation is a token, highest score first;
+        what is left that is not a token falls back to byte tokens."""
+        get = self._tok2id.get
+        for s in _merge(list(text), self._tok2id, "", self._neg_scores):   # highest score first
             t = get(s)
             if t is not None:
                 out.append(t)
             else:
-                for b in s.encode("utf-8"):
-                    out.append(self._byte_token(b))
-            i = nxt[i]
+                out.extend(self._byte_token(b) for b in s.encode("utf-8"))
 
     def _normal_text(self, text: str) -> bytes:
         """SentencePiece: ▁ marks a space."""
