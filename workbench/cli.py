@@ -206,8 +206,10 @@ def cmd_generate(args):
             print(json.dumps(r.to_dict()))
         else:
             print()
-            print(f"[{len(r.prompt_ids)} prompt tokens at {r.prompt_tps:.1f} tok/s, {len(r.ids)} generated at "
-                  f"{r.decode_tps:.1f} tok/s, backend {args.backend}, stop: {r.stop_reason}]", file=sys.stderr)
+            made = (f"{len(r.ids)} generated at {r.decode_tps:.1f} tok/s" if len(r.ids) > 1 else
+                    f"{len(r.ids)} generated (by the prompt pass: no decode step to time)")
+            print(f"[{len(r.prompt_ids)} prompt tokens at {r.prompt_tps:.1f} tok/s, {made}, backend {args.backend}, "
+                  f"stop: {r.stop_reason}]", file=sys.stderr)
     finally:
         m.close()
 
