@@ -36,8 +36,9 @@ sizes from the device and kernel (powers of two where a kernel reduces).
   `profile` is on (a recorder attached): every op's kernels and device time are its own.
   With `fuse=True` under a recorder, a fused kernel's device time is the reading op's (the
   held-back ops show none). SmolLM2 decode: 455 -> 216 launches a token.
-- Launch cost: scalar argument types are declared to pyopencl from the kernels' argument
-  info, which cuts a launch's host time several-fold (PoCL: ~35 -> ~5 us).
+- Launch cost: a launch sets only the arguments that differ from the kernel's last launch
+  (`_Args`: scalars packed from the kernels' argument info) and enqueues; pyopencl's kernel
+  call, which sets every argument, cost more (PoCL: ~9-13 -> ~4 us a launch).
 - Timing: the queue has PROFILING_ENABLE; every kernel and copy is noted, and once a
   blocking read has returned (all earlier commands are complete: the queue is in order)
   their times are appended to `self.kernel_events` as plain dicts
@@ -57,6 +58,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -270,34 +272,73 @@ def _round_up(n: int, m: int) -> int:
     return (n + m - 1) // m * m
 
 
-_SCALARS = {"int": np.int32, "uint": np.uint32, "float": np.float32, "long": np.int64, "ulong": np.uint64}
+_SCALARS = {"int": "<i", "uint": "<I", "float": "<f", "long": "<q", "ulong": "<Q"}  # struct formats
 
 
-def _declare_scalar_args(cl, kernel) -> None:
-    """Tell pyopencl the kernel's scalar argument types (from the kernel's argument info),
-    so a launch packs them directly: ~5 us instead of ~35 us a launch on PoCL, most of the
-    host's cost of an op. Where the driver gives no argument info, launches take the
-    numpy scalars as they are (slower, same result)."""
+def _scalar_formats(cl, kernel) -> list | None:
+    """A struct format per scalar argument of the kernel (None for a buffer or local memory),
+    from the kernel's argument info; None where the driver gives no argument info."""
     try:
-        types = []
+        formats = []
         for i in range(kernel.num_args):
             if kernel.get_arg_info(i, cl.kernel_arg_info.ADDRESS_QUALIFIER) != \
                     cl.kernel_arg_address_qualifier.PRIVATE:
-                types.append(None)  # a buffer or local memory
+                formats.append(None)  # a buffer or local memory
             else:
-                types.append(_SCALARS[kernel.get_arg_info(i, cl.kernel_arg_info.TYPE_NAME).strip()])
-        kernel.set_scalar_arg_dtypes(types)
+                formats.append(_SCALARS[kernel.get_arg_info(i, cl.kernel_arg_info.TYPE_NAME).strip()])
+        return formats
     except (cl.Error, KeyError):
-        pass
+        return None
+
+
+class _Args:
+    """Sets a kernel's arguments, skipping those that are what the last launch set: a scalar
+    with the same bytes, the same buffer object, local memory of the same size. Decode
+    launches repeat most of theirs (shapes, weights, local memory). pyopencl's kernel call,
+    which sets every argument, took ~9-13 us a launch on PoCL; here ten arguments take
+    ~2.5 us and the enqueue ~1-2 (setting a buffer ~0.1 us, a packed scalar ~0.15, local
+    memory ~2.4). SmolLM2 decode on a 2-core CPU: the host thread's CPU time 10.4 -> 9.8 ms a
+    token, time the kernels' threads get back (the wall time did not move beyond the noise:
+    the kernels bound it there). Keeps a reference to every argument it set, so an argument it skips is never an object
+    freed and replaced since. Without argument info (`formats` None: some drivers) every
+    argument is set every launch, scalars as the numpy scalars the backend passes."""
+
+    __slots__ = ("kernel", "formats", "last", "_raw", "_local")
+
+    def __init__(self, cl, kernel, formats):
+        self.kernel, self.formats, self._local = kernel, formats, cl.LocalMemory
+        self.last = [None] * kernel.num_args
+        self._raw = getattr(kernel, "_set_arg_buf", None)  # bytes as they are; pyopencl's own invoker uses it
+
+    def set(self, args) -> None:
+        k, last = self.kernel, self.last
+        if self.formats is None:
+            for i, a in enumerate(args):
+                k.set_arg(i, a)
+            return
+        for i, (a, fmt) in enumerate(zip(args, self.formats)):
+            if fmt is not None:
+                b = struct.pack(fmt, a)
+                if b != last[i]:
+                    if self._raw is not None:
+                        self._raw(i, b)
+                    else:
+                        k.set_arg(i, np.frombuffer(b, fmt)[0])
+                    last[i] = b
+            elif a is not last[i]:
+                local = self._local
+                if not (isinstance(a, local) and isinstance(last[i], local) and a.size == last[i].size):
+                    k.set_arg(i, a)
+                last[i] = a
 
 
 class _Kernels(dict):
-    """Kernel name -> pyopencl Kernel, each made the first time it is looked up (its scalar
-    argument types declared and its largest work-group asked then): a model runs a dozen of
-    the ~50 kernels, and making and declaring one costs ~0.8 ms on PoCL. Iterating, `len` and
-    `in` see every kernel's name; a name no program has is a KeyError, as in a plain dict.
+    """Kernel name -> pyopencl Kernel, each made the first time it is looked up (its argument
+    types read and its largest work-group asked then): a model runs a dozen of the ~50
+    kernels, and making one costs ~0.6 ms on PoCL. Iterating, `len` and `in` see every
+    kernel's name; a name no program has is a KeyError, as in a plain dict.
     `local_max`: kernel name -> the largest power-of-two work-group it may have on the device
-    (within MAX_LOCAL), filled as kernels are made."""
+    (within MAX_LOCAL), filled as kernels are made. `args`: kernel name -> its `_Args`."""
 
     def __init__(self, cl, programs: dict, device):
         super().__init__()
@@ -306,6 +347,7 @@ class _Kernels(dict):
         self._where = {name: prog for prog in programs.values()
                        for name in prog.get_info(cl.program_info.KERNEL_NAMES).split(";") if name}
         self.local_max = _LocalMax(self)
+        self.args: dict[str, _Args] = {}
 
     def __missing__(self, name: str):
         prog = self._where.get(name)
@@ -313,7 +355,7 @@ class _Kernels(dict):
             raise KeyError(name)
         cl = self._cl
         k = cl.Kernel(prog, name)
-        _declare_scalar_args(cl, k)
+        self.args[name] = _Args(cl, k, _scalar_formats(cl, k))
         wg = k.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, self._device)
         self.local_max[name] = _pow2_floor(min(self._dev_max, wg))
         self[name] = k
@@ -424,8 +466,13 @@ class OpenCLBackend(Backend):
 
     def _launch(self, kernel: str, gsize: tuple, lsize: tuple, *args) -> None:
         gsize = tuple(_round_up(g, l) for g, l in zip(gsize, lsize))
+        k, setter = self._kernels[kernel], self._kernels.args.get(kernel)
         try:
-            ev = self._kernels[kernel](self.queue, gsize, lsize, *args)
+            if setter is not None and setter.kernel is k:
+                setter.set(args)
+                ev = self.cl.enqueue_nd_range_kernel(self.queue, k, gsize, lsize)
+            else:  # a kernel object put there by someone else (tests): called as it is
+                ev = k(self.queue, gsize, lsize, *args)
         except self.cl.Error as e:  # the device rejected the launch (resources, sizes, memory)
             raise BackendError(f"{self.device.name.strip()} rejected kernel {kernel} "
                                f"(global {gsize}, local {lsize}): {e}") from e
