@@ -58,6 +58,11 @@ def test_run_bench_report(tiny, tmp_path):
     assert np.isclose(pp["GFLOPs"], r["prompt_flops"][8] * pp["median_tps"] / 8 / 1e9)
     assert np.isclose(pp["fraction_of_gemm_peak"], pp["GFLOPs"] / r["gemm_peak"]["GFLOPs"])
     assert np.isclose(tg["fraction_of_bound"], tg["median_tps"] * e["bytes_per_token"] / (r["bandwidth"]["read_GBps"] * 1e9))
+    # the limits are measured before and after the workloads; the bound is the better of the two
+    assert len(r["bandwidth"]["read_GBps_measured"]) == len(r["gemm_peak"]["GFLOPs_measured"]) == 2
+    assert r["bandwidth"]["read_GBps"] == max(r["bandwidth"]["read_GBps_measured"])
+    assert r["gemm_peak"]["GFLOPs"] == max(r["gemm_peak"]["GFLOPs_measured"])
+    assert "before / after" in r["markdown"]
     ft = e["first_token"]
     assert ft["warm"]["runs"] == ft["cold"]["runs"] == 2
     assert ft["warm"]["min_s"] <= ft["warm"]["median_s"] <= ft["warm"]["max_s"]
