@@ -8,6 +8,31 @@
  *
  * One new token (decode) takes one launch instead: attn_decode, below. */
 
+/* out = sum of a[i] * b[i * stride] for i in [lo, hi), as eight partial sums (i = lo, lo + 8,
+ * ... in the first) added pairwise at the end, then the tail. One running sum is a chain of
+ * dependent adds (~4 cycles each on a CPU), which was most of a decode step's attention on
+ * PoCL: q . k over hd, and the weighted sum of V over the positions (stride Hkv * hd). A
+ * macro because a and b may be in different address spaces (OpenCL 1.2 has no generic one). */
+#define DOT_PARTS(a, b, stride, lo, hi, out)                                                      \
+    {                                                                                             \
+        float p0_ = 0.0f, p1_ = 0.0f, p2_ = 0.0f, p3_ = 0.0f, p4_ = 0.0f, p5_ = 0.0f, p6_ = 0.0f,  \
+              p7_ = 0.0f;                                                                         \
+        int i_ = (lo);                                                                            \
+        for (; i_ + 8 <= (hi); i_ += 8) {                                                         \
+            p0_ += (a)[i_] * (b)[(size_t)i_ * (stride)];                                          \
+            p1_ += (a)[i_ + 1] * (b)[(size_t)(i_ + 1) * (stride)];                                \
+            p2_ += (a)[i_ + 2] * (b)[(size_t)(i_ + 2) * (stride)];                                \
+            p3_ += (a)[i_ + 3] * (b)[(size_t)(i_ + 3) * (stride)];                                \
+            p4_ += (a)[i_ + 4] * (b)[(size_t)(i_ + 4) * (stride)];                                \
+            p5_ += (a)[i_ + 5] * (b)[(size_t)(i_ + 5) * (stride)];                                \
+            p6_ += (a)[i_ + 6] * (b)[(size_t)(i_ + 6) * (stride)];                                \
+            p7_ += (a)[i_ + 7] * (b)[(size_t)(i_ + 7) * (stride)];                                \
+        }                                                                                         \
+        float r_ = ((p0_ + p1_) + (p2_ + p3_)) + ((p4_ + p5_) + (p6_ + p7_));                    \
+        for (; i_ < (hi); ++i_) r_ += (a)[i_] * (b)[(size_t)i_ * (stride)];                       \
+        out = r_;                                                                                 \
+    }
+
 /* the new keys and values (N floats each) into the cache at float offset `at`. A kernel
  * rather than a host write at an offset: after one of those oclgrind 21.10 takes the rest of
  * the buffer for uninitialized; and it keeps k, v on the device once activations stay there */
@@ -32,8 +57,8 @@ kernel void attn_scores(global const float *Q, const int q_at, global const floa
     }
     global const float *q = Q + q_at + (size_t)ih * hd;
     global const float *k = K + ((size_t)j * Hkv + kh) * hd;
-    float a = 0.0f;
-    for (int d = 0; d < hd; ++d) a += q[d] * k[d];
+    float a;
+    DOT_PARTS(q, k, 1, 0, hd, a)
     *s = a * scale;
 }
 
@@ -45,8 +70,8 @@ kernel void attn_values(global const float *P, global const float *V, global flo
     const int ih = i * H + h, kh = h / (H / Hkv), qp = pos + i;
     const int j0 = window < 0 ? 0 : max(0, qp - window + 1), j1 = min(T, qp + 1);
     global const float *p = P + (size_t)ih * T;
-    float a = 0.0f;
-    for (int j = j0; j < j1; ++j) a += p[j] * V[((size_t)j * Hkv + kh) * hd + d];
+    float a;
+    DOT_PARTS(p, V + (size_t)kh * hd + d, Hkv * hd, j0, j1, a)
     O[o_at + (size_t)ih * hd + d] = a;
 }
 
@@ -59,7 +84,8 @@ kernel void attn_values(global const float *P, global const float *V, global flo
  * rot = 1: q and k arrive unrotated and are rotated here (rope.cl's arithmetic, cos/sin of
  * the position in CS): the two rope launches fused into this one. `qk` (2 hd floats) holds
  * this group's query and new key. Arithmetic as rope -> attn_scores -> softmax ->
- * attn_values (the same sums in the same order). */
+ * attn_values (DOT_PARTS too; the new position's value term is added last, so the values'
+ * sum is grouped differently from attn_values': equal up to float rounding). */
 kernel void attn_decode(global const float *Q, global const float *k, global const float *v,
                         global float *K, global float *V, global float *S, global float *O,
                         const int H, const int Hkv, const int hd, const int pos, const float scale,
@@ -85,12 +111,11 @@ kernel void attn_decode(global const float *Q, global const float *k, global con
     for (int j = lid; j < T; j += LS) {
         float a = -INFINITY;
         if (j >= j0) {
-            a = 0.0f;
             if (j == pos)
-                for (int d = 0; d < hd; ++d) a += q[d] * kn[d];
+                DOT_PARTS(q, kn, 1, 0, hd, a)
             else {
                 global const float *kj = K + ((size_t)j * Hkv + kh) * hd;
-                for (int d = 0; d < hd; ++d) a += q[d] * kj[d];
+                DOT_PARTS(q, kj, 1, 0, hd, a)
             }
             a *= scale;
         }
@@ -100,8 +125,8 @@ kernel void attn_decode(global const float *Q, global const float *k, global con
     wg_exp_normalize(s, s, T, wg_max(mx, red), red);
     barrier(CLK_GLOBAL_MEM_FENCE);  /* every p_j of the row written before any is read */
     for (int d = lid; d < hd; d += LS) {
-        float a = 0.0f;
-        for (int j = j0; j < pos; ++j) a += s[j] * V[((size_t)j * Hkv + kh) * hd + d];
+        float a;
+        DOT_PARTS(s, V + (size_t)kh * hd + d, Hkv * hd, j0, pos, a)
         a += s[pos] * vn[d];
         O[(size_t)h * hd + d] = a;
     }
