@@ -8,11 +8,14 @@
  *
  * One new token (decode) takes one launch instead: attn_decode, below. */
 
-/* out = sum of a[i] * b[i * stride] for i in [lo, hi), as eight partial sums (i = lo, lo + 8,
- * ... in the first) added pairwise at the end, then the tail. One running sum is a chain of
- * dependent adds (~4 cycles each on a CPU), which was most of a decode step's attention on
- * PoCL: q . k over hd, and the weighted sum of V over the positions (stride Hkv * hd). A
- * macro because a and b may be in different address spaces (OpenCL 1.2 has no generic one). */
+/* Dot products of attention. One running sum, as these loops were written first, is a chain
+ * of dependent adds (~4 cycles each on a CPU): that was most of a decode step's attention on
+ * PoCL (~120 us a layer at 100 positions, ~400 at 500). Macros because a and b may be in
+ * different address spaces (OpenCL 1.2 has no generic one).
+ *
+ * DOT_PARTS: out = sum of a[i] * b[i * stride] for i in [lo, hi) (the weighted sum of V over
+ * positions, stride Hkv * hd), as eight partial sums (i = lo, lo + 8, ... in the first) added
+ * pairwise at the end, then the tail. */
 #define DOT_PARTS(a, b, stride, lo, hi, out)                                                      \
     {                                                                                             \
         float p0_ = 0.0f, p1_ = 0.0f, p2_ = 0.0f, p3_ = 0.0f, p4_ = 0.0f, p5_ = 0.0f, p6_ = 0.0f,  \
@@ -30,6 +33,19 @@
         }                                                                                         \
         float r_ = ((p0_ + p1_) + (p2_ + p3_)) + ((p4_ + p5_) + (p6_ + p7_));                    \
         for (; i_ < (hi); ++i_) r_ += (a)[i_] * (b)[(size_t)i_ * (stride)];                       \
+        out = r_;                                                                                 \
+    }
+
+/* DOT8: out = a . b over n contiguous floats (q . k over hd), eight lanes at a time (one
+ * float8 running sum, its lanes added once at the end), then the tail. */
+#define LD8(p) ((float8)((p)[0], (p)[1], (p)[2], (p)[3], (p)[4], (p)[5], (p)[6], (p)[7]))
+#define DOT8(a, b, n, out)                                                                        \
+    {                                                                                             \
+        float8 v_ = 0.0f;                                                                         \
+        int i_ = 0;                                                                               \
+        for (; i_ + 8 <= (n); i_ += 8) v_ += LD8((a) + i_) * LD8((b) + i_);                       \
+        float r_ = hsum8(v_);                                                                     \
+        for (; i_ < (n); ++i_) r_ += (a)[i_] * (b)[i_];                                           \
         out = r_;                                                                                 \
     }
 
@@ -58,7 +74,7 @@ kernel void attn_scores(global const float *Q, const int q_at, global const floa
     global const float *q = Q + q_at + (size_t)ih * hd;
     global const float *k = K + ((size_t)j * Hkv + kh) * hd;
     float a;
-    DOT_PARTS(q, k, 1, 0, hd, a)
+    DOT8(q, k, hd, a)
     *s = a * scale;
 }
 
@@ -84,7 +100,7 @@ kernel void attn_values(global const float *P, global const float *V, global flo
  * rot = 1: q and k arrive unrotated and are rotated here (rope.cl's arithmetic, cos/sin of
  * the position in CS): the two rope launches fused into this one. `qk` (2 hd floats) holds
  * this group's query and new key. Arithmetic as rope -> attn_scores -> softmax ->
- * attn_values (DOT_PARTS too; the new position's value term is added last, so the values'
+ * attn_values (DOT8, DOT_PARTS; the new position's value term is added last, so the values'
  * sum is grouped differently from attn_values': equal up to float rounding). */
 kernel void attn_decode(global const float *Q, global const float *k, global const float *v,
                         global float *K, global float *V, global float *S, global float *O,
@@ -112,10 +128,10 @@ kernel void attn_decode(global const float *Q, global const float *k, global con
         float a = -INFINITY;
         if (j >= j0) {
             if (j == pos)
-                DOT_PARTS(q, kn, 1, 0, hd, a)
+                DOT8(q, kn, hd, a)
             else {
                 global const float *kj = K + ((size_t)j * Hkv + kh) * hd;
-                DOT_PARTS(q, kj, 1, 0, hd, a)
+                DOT8(q, kj, hd, a)
             }
             a *= scale;
         }
