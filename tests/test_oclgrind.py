@@ -76,11 +76,11 @@ check(be.scale(x, 0.5), ref.scale(x, 0.5), "scale")
 q = f32(2, 3, 12)
 for mode in ("norm", "neox"):
     check(be.rope(q, np.arange(5, 7), 1e4, mode, 8), ref.rope(q, np.arange(5, 7), 1e4, mode, 8), "rope " + mode)
-H, Hkv, hd = 4, 2, 8
+H, Hkv, hd = 4, 2, 12  # the dot products' eight-wide loops and their tails (hd 12, up to 11 positions)
 for window in (None, 2):
-    mine, theirs = be.new_kv_cache(1, 6, Hkv, hd), ref.new_kv_cache(1, 6, Hkv, hd)
+    mine, theirs = be.new_kv_cache(1, 12, Hkv, hd), ref.new_kv_cache(1, 12, Hkv, hd)
     pos = 0
-    for n in (3, 1):
+    for n in (10, 1):
         q, k, v = f32(n, H, hd), f32(n, Hkv, hd), f32(n, Hkv, hd)
         check(be.attention(q, k, v, mine, 0, pos, 0.35, window), ref.attention(q, k, v, theirs, 0, pos, 0.35, window),
               f"attention window={window}")
@@ -107,9 +107,9 @@ a3, b3, g3 = f32(3, 37), f32(3, 37), f32(37)
 s3 = fz.add(fz.scale(a3, 1.0), fz.scale(b3, 1.0))
 check(np.asarray(fz.rms_norm(s3, g3, 1e-5)), ref.rms_norm(a3 + b3, g3, 1e-5), "add_rms_norm")
 check(np.asarray(s3), a3 + b3, "add_rms_norm sum", exact=True)
-mine, theirs = fz.new_kv_cache(1, 6, Hkv, hd), ref.new_kv_cache(1, 6, Hkv, hd)
+mine, theirs = fz.new_kv_cache(1, 12, Hkv, hd), ref.new_kv_cache(1, 12, Hkv, hd)
 pos = 0
-for n in (2, 1, 1):
+for n in (9, 1, 1):
     q, k, v = f32(n, H, hd), f32(n, Hkv, hd), f32(n, Hkv, hd)
     p = np.arange(pos, pos + n)
     qr, kr = fz.rope(fz.scale(q, 1.0), p, 1e4, "neox", 6), fz.rope(fz.scale(k, 1.0), p, 1e4, "neox", 6)
