@@ -371,8 +371,11 @@ def _best_limits(limits: list[tuple[dict, dict]]) -> tuple[dict, dict]:
 
 def to_markdown(report: dict) -> str:
     bw, peak = report["bandwidth"], report["gemm_peak"]
-    measured = lambda key, d, f: "" if len(d.get(key, ())) < 2 else \
-        " (best of " + " / ".join(format(x, f) for x in d[key]) + ", before / after)"
+
+    def measured(key: str, d: dict, f: str) -> str:  # the figures a limit is the best of
+        runs = d.get(key, ())
+        return "" if len(runs) < 2 else " (best of " + " / ".join(format(x, f) for x in runs) + ", before / after)"
+
     lines = [f"Model {report['model']}; {report['machine']['cpu']}, {report['threads']} threads, "
              f"{report['repeat']} interleaved runs per cell (median, min-max); memory read bandwidth "
              f"{bw['read_GBps']:.1f} GB/s{measured('read_GBps_measured', bw, '.1f')}; float32 GEMM peak "
