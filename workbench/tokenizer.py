@@ -39,7 +39,7 @@ import codecs
 import heapq
 import operator
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 
