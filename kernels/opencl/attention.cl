@@ -94,14 +94,15 @@ kernel void attn_values(global const float *P, global const float *V, global flo
 /* One new query (position pos, T = pos + 1) in one launch: store k, v at position pos and
  * attend. A work-group per query head h (grid (LS, H), LS a power of two): scores over the
  * T positions into its own row of S (H, T), softmax (max and sum through `red`, LS floats),
- * then the weighted sum of V, one output value per work-item and d. The new key and value
- * are read from k, v (never from the cache, which another work-group is writing): work-group
- * h < Hkv stores those of KV head h; the cache is read at positions < pos only.
+ * then the weighted sum of V, eight consecutive output values per work-item (float8 loads of
+ * a cache row; a value per work-item for what hd leaves past a multiple of 8). The new key
+ * and value are read from k, v (never from the cache, which another work-group is writing):
+ * work-group h < Hkv stores those of KV head h; the cache is read at positions < pos only.
  * rot = 1: q and k arrive unrotated and are rotated here (rope.cl's arithmetic, cos/sin of
  * the position in CS): the two rope launches fused into this one. `qk` (2 hd floats) holds
  * this group's query and new key. Arithmetic as rope -> attn_scores -> softmax ->
- * attn_values (DOT8, DOT_PARTS; the new position's value term is added last, so the values'
- * sum is grouped differently from attn_values': equal up to float rounding). */
+ * attn_values, up to float rounding (the sums over positions are grouped differently: the
+ * new position's value term last, two float8 running sums here, eight scalar ones there). */
 kernel void attn_decode(global const float *Q, global const float *k, global const float *v,
                         global float *K, global float *V, global float *S, global float *O,
                         const int H, const int Hkv, const int hd, const int pos, const float scale,
@@ -140,10 +141,23 @@ kernel void attn_decode(global const float *Q, global const float *k, global con
     }
     wg_exp_normalize(s, s, T, wg_max(mx, red), red);
     barrier(CLK_GLOBAL_MEM_FENCE);  /* every p_j of the row written before any is read */
-    for (int d = lid; d < hd; d += LS) {
+    /* the weighted sum of V: a work-item takes eight consecutive d at a time (a float8 a
+     * position, two running sums), what hd leaves past a multiple of 8 one d at a time */
+    const size_t stride = (size_t)Hkv * hd;
+    global const float *vh = V + (size_t)kh * hd;
+    for (int d = 8 * lid; d + 8 <= hd; d += 8 * LS) {
+        float8 a0 = 0.0f, a1 = 0.0f;
+        int j = j0;
+        for (; j + 2 <= pos; j += 2) {
+            a0 += s[j] * LD8(vh + j * stride + d);
+            a1 += s[j + 1] * LD8(vh + (j + 1) * stride + d);
+        }
+        if (j < pos) a0 += s[j] * LD8(vh + j * stride + d);
+        vstore8((a0 + a1) + s[pos] * LD8(vn + d), 0, O + (size_t)h * hd + d);
+    }
+    for (int d = (hd & ~7) + lid; d < hd; d += LS) {
         float a;
-        DOT_PARTS(s, V + (size_t)kh * hd + d, Hkv * hd, j0, pos, a)
-        a += s[pos] * vn[d];
-        O[(size_t)h * hd + d] = a;
+        DOT_PARTS(s, vh + d, stride, j0, pos, a)
+        O[(size_t)h * hd + d] = a + s[pos] * vn[d];
     }
 }
