@@ -263,8 +263,8 @@ inline void deq32_q6_k(gbytes row, int u, float8 *w) {
     }
 }
 
-/* unit u of a row of type qt (a compile-time constant at every call, so this folds) */
-inline void deq32(const int qt, gbytes row, int u, int nv, float8 *w) {
+/* unit u of a row of type qt (a compile-time constant at every call: inlined (HOT), this folds) */
+HOT void deq32(const int qt, gbytes row, int u, int nv, float8 *w) {
     switch (qt) {
     case QT_F32: deq32_f32(row, u, nv, w); break;
     case QT_F16: deq32_f16(row, u, nv, w); break;
@@ -285,7 +285,7 @@ float8 dot32v_tail(const float8 *w, global const float *x, int nv) {  /* a ragge
     return w[0] * vload8(0, t) + w[1] * vload8(1, t) + w[2] * vload8(2, t) + w[3] * vload8(3, t);
 }
 
-inline float8 dot32v(const float8 *w, global const float *x, int nv) {
+HOT float8 dot32v(const float8 *w, global const float *x, int nv) {
     if (nv == 32)
         return w[0] * ld8f(x) + w[1] * ld8f(x + 8) + w[2] * ld8f(x + 16) + w[3] * ld8f(x + 24);
     return dot32v_tail(w, x, nv);
