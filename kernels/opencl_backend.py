@@ -299,9 +299,10 @@ class _Args:
     ~2.5 us and the enqueue ~1-2 (setting a buffer ~0.1 us, a packed scalar ~0.15, local
     memory ~2.4). SmolLM2 decode on a 2-core CPU: the host thread's CPU time 10.4 -> 9.8 ms a
     token, time the kernels' threads get back (the wall time did not move beyond the noise:
-    the kernels bound it there). Keeps a reference to every argument it set, so an argument it skips is never an object
-    freed and replaced since. Without argument info (`formats` None: some drivers) every
-    argument is set every launch, scalars as the numpy scalars the backend passes."""
+    the kernels bound it there). Keeps a reference to every argument it set, so an argument
+    it skips is never an object freed and replaced since. Without argument info (`formats`
+    None: some drivers) every argument is set every launch, scalars as the numpy scalars the
+    backend passes."""
 
     __slots__ = ("kernel", "formats", "last", "_raw", "_local")
 

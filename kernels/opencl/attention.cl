@@ -37,8 +37,7 @@
     }
 
 /* DOT8: out = a . b over n contiguous floats (q . k over hd), eight lanes at a time (one
- * float8 running sum, its lanes added once at the end), then the tail. */
-#define LD8(p) ((float8)((p)[0], (p)[1], (p)[2], (p)[3], (p)[4], (p)[5], (p)[6], (p)[7]))
+ * float8 running sum of LD8 loads, its lanes added once at the end), then the tail. */
 #define DOT8(a, b, n, out)                                                                        \
     {                                                                                             \
         float8 v_ = 0.0f;                                                                         \
@@ -149,11 +148,11 @@ kernel void attn_decode(global const float *Q, global const float *k, global con
         float8 a0 = 0.0f, a1 = 0.0f;
         int j = j0;
         for (; j + 2 <= pos; j += 2) {
-            a0 += s[j] * LD8(vh + j * stride + d);
-            a1 += s[j + 1] * LD8(vh + (j + 1) * stride + d);
+            a0 += s[j] * ld8f(vh + j * stride + d);
+            a1 += s[j + 1] * ld8f(vh + (j + 1) * stride + d);
         }
-        if (j < pos) a0 += s[j] * LD8(vh + j * stride + d);
-        vstore8((a0 + a1) + s[pos] * LD8(vn + d), 0, O + (size_t)h * hd + d);
+        if (j < pos) a0 += s[j] * ld8f(vh + j * stride + d);
+        vstore8((a0 + a1) + s[pos] * ld8f(vn + d), 0, O + (size_t)h * hd + d);
     }
     for (int d = (hd & ~7) + lid; d < hd; d += LS) {
         float a;
