@@ -64,50 +64,65 @@ HOT void matmul_tile(const int qt, gbytes W, const int row_bytes, const int cols
  * function per type, so compilers inline it into the row loop (PoCL did not inline one
  * function that switched over the types, though the type was a constant at each call). */
 
+/* The products of a unit's four runs of eight are summed as a tree (two short chains instead
+ * of one long one), and the quants come in 32-bit lanes (common.cl): SmolLM2's Q4_1 matvecs
+ * took 0.88-0.92x the device time of the byte-lane chain on PoCL here, Gemma 3's Q5_0 and Q6_K
+ * ones (which went through their block readers) about half. */
+#define DOT4(a0, a1, a2, a3, x) ((a0 * ld8f(x) + a1 * ld8f(x + 8)) + (a2 * ld8f(x + 16) + a3 * ld8f(x + 24)))
+
 HOT float8 dot32_q8_0(gbytes row, const int u, const int nv, global const float *x) {
 #pragma OPENCL FP_CONTRACT ON
     gbytes b = row + 34 * u;  /* d * sum(q x) */
     global const char *qs = (global const char *)(b + 2);
-    return ld_f16(b) * (convert_float8(ld8c(qs)) * ld8f(x) + convert_float8(ld8c(qs + 8)) * ld8f(x + 8) +
-                        convert_float8(ld8c(qs + 16)) * ld8f(x + 16) + convert_float8(ld8c(qs + 24)) * ld8f(x + 24));
+    return ld_f16(b) * DOT4(convert_float8(ld8c(qs)), convert_float8(ld8c(qs + 8)), convert_float8(ld8c(qs + 16)),
+                            convert_float8(ld8c(qs + 24)), x);
 }
 
 HOT float8 dot32_q4_0(gbytes row, const int u, const int nv, global const float *x) {
 #pragma OPENCL FP_CONTRACT ON
     gbytes b = row + 18 * u;  /* d * sum((q - 8) x) */
-    const uchar8 qa = ld8b(b + 2), qb = ld8b(b + 10);
-    const int8 eight = 8;
-    return ld_f16(b) * (convert_float8(convert_int8(qa & (uchar)15) - eight) * ld8f(x) +
-                        convert_float8(convert_int8(qb & (uchar)15) - eight) * ld8f(x + 8) +
-                        convert_float8(convert_int8(qa >> (uchar)4) - eight) * ld8f(x + 16) +
-                        convert_float8(convert_int8(qb >> (uchar)4) - eight) * ld8f(x + 24));
+    int8 q[4];
+    quants_nibbles(b + 2, q);
+    return ld_f16(b) * DOT4(convert_float8(q[0] - 8), convert_float8(q[1] - 8), convert_float8(q[2] - 8),
+                            convert_float8(q[3] - 8), x);
 }
 
-/* d * sum(q x) + m * sum(x) for four runs of eight 4-bit values */
-HOT float8 dot32_affine(float d, float m, uchar8 q0, uchar8 q1, uchar8 q2, uchar8 q3, global const float *x) {
+/* d * sum(q x) + m * sum(x) over a unit */
+HOT float8 dot32_affine(float d, float m, const int8 *q, global const float *x) {
 #pragma OPENCL FP_CONTRACT ON
     const float8 x0 = ld8f(x), x1 = ld8f(x + 8), x2 = ld8f(x + 16), x3 = ld8f(x + 24);
-    return d * (convert_float8(q0) * x0 + convert_float8(q1) * x1 + convert_float8(q2) * x2 +
-                convert_float8(q3) * x3) + m * ((x0 + x1) + (x2 + x3));
+    return d * ((convert_float8(q[0]) * x0 + convert_float8(q[1]) * x1) +
+                (convert_float8(q[2]) * x2 + convert_float8(q[3]) * x3)) + m * ((x0 + x1) + (x2 + x3));
 }
 
 HOT float8 dot32_q4_1(gbytes row, const int u, const int nv, global const float *x) {
     gbytes b = row + 20 * u;
-    const uchar8 qa = ld8b(b + 4), qb = ld8b(b + 12);
-    return dot32_affine(ld_f16(b), ld_f16(b + 2), qa & (uchar)15, qb & (uchar)15, qa >> (uchar)4,
-                        qb >> (uchar)4, x);
+    int8 q[4];
+    quants_nibbles(b + 4, q);
+    return dot32_affine(ld_f16(b), ld_f16(b + 2), q, x);
 }
 
 HOT float8 dot32_q4_k(gbytes row, const int u, const int nv, global const float *x) {
-    gbytes b = row + 144 * (u >> 3);  /* sub-block u & 7, as in deq32_q4_k */
-    const int s = u & 7;
-    int scale, mn;
-    q4_k_scale_min(b + 4, s, &scale, &mn);
-    gbytes qs = b + 16 + 32 * (s >> 1);
-    const uchar shift = 4 * (s & 1);
-    return dot32_affine(ld_f16(b) * (float)scale, -(ld_f16(b + 2) * (float)mn), (ld8b(qs) >> shift) & (uchar)15,
-                        (ld8b(qs + 8) >> shift) & (uchar)15, (ld8b(qs + 16) >> shift) & (uchar)15,
-                        (ld8b(qs + 24) >> shift) & (uchar)15, x);
+    Q4_K_UNIT(row, u)
+    int8 q[4];
+    quants_q4_k(qs, 4 * (s & 1), q);
+    return dot32_affine(ld_f16(b) * (float)scale, -(ld_f16(b + 2) * (float)mn), q, x);
+}
+
+HOT float8 dot32_q5_0(gbytes row, const int u, const int nv, global const float *x) {
+#pragma OPENCL FP_CONTRACT ON
+    gbytes b = row + 22 * u;  /* d * sum((q - 16) x) */
+    int8 q[4];
+    quants_q5_0(b, q);
+    return ld_f16(b) * DOT4(convert_float8(q[0] - 16), convert_float8(q[1] - 16), convert_float8(q[2] - 16),
+                            convert_float8(q[3] - 16), x);
+}
+
+HOT float8 dot32_q6_k(gbytes row, const int u, const int nv, global const float *x) {
+#pragma OPENCL FP_CONTRACT ON
+    Q6_K_UNIT(row, u)  /* d * (scale0 * sum over weights 0-15 + scale1 * sum over 16-31) */
+    return ld_f16(b + 208) * ((float)scales[0] * (convert_float8(q[0] - 32) * ld8f(x) + convert_float8(q[1] - 32) * ld8f(x + 8)) +
+                              (float)scales[1] * (convert_float8(q[2] - 32) * ld8f(x + 16) + convert_float8(q[3] - 32) * ld8f(x + 24)));
 }
 
 /* the other types through their block reader */
@@ -119,8 +134,6 @@ HOT float8 dot32_q4_k(gbytes row, const int u, const int nv, global const float 
     }
 DOT32_BY_READER(f32, QT_F32)
 DOT32_BY_READER(f16, QT_F16)
-DOT32_BY_READER(q5_0, QT_Q5_0)
-DOT32_BY_READER(q6_k, QT_Q6_K)
 
 /* the sum of the LX partial sums of one row (every work-item of the row gets it). LX == 1
  * (the same for the whole group): no work-item reaches a barrier. `red`: LX * LY floats,
