@@ -215,15 +215,22 @@ def our_engine(model_path: str, backend: str, weight_cache: str) -> Engine:
     from .model import load
 
     m = load(model_path, backend=backend, weight_cache=weight_cache)
+    states = []  # one run state, reset for each run, as llama.cpp's context is (llm.reset())
+
+    def fresh_state(n_ctx: int):
+        if not states or states[0].n_ctx < n_ctx:
+            states[:] = [m.new_state(n_ctx)]
+        states[0].pos = 0
+        return states[0]
 
     def run_pp(tokens):
-        st = m.new_state(len(tokens))
+        st = fresh_state(len(tokens))
         t = time.perf_counter()
         m.forward(st, tokens)
         return time.perf_counter() - t
 
     def run_tg(prompt, n):
-        st = m.new_state(len(prompt) + n)
+        st = fresh_state(len(prompt) + n)
         logits = m.forward(st, prompt)[-1]
         tok = int(logits.argmax())
         t = time.perf_counter()
@@ -379,7 +386,8 @@ def to_markdown(report: dict) -> str:
     lines = [f"Model {report['model']}; {report['machine']['cpu']}, {report['threads']} threads, "
              f"{report['repeat']} interleaved runs per cell (median, min-max); memory read bandwidth "
              f"{bw['read_GBps']:.1f} GB/s{measured('read_GBps_measured', bw, '.1f')}; float32 GEMM peak "
-             f"{peak['GFLOPs']:.0f} GFLOP/s{measured('GFLOPs_measured', peak, '.0f')}.",
+             f"{peak['GFLOPs']:.0f} GFLOP/s{measured('GFLOPs_measured', peak, '.0f')}; malloc: "
+             f"{report['machine'].get('malloc', {}).get('allocator', 'system')} (workbench.heap).",
              "", "| engine | workload | tok/s median | min-max | vs llama.cpp | of the bound |", "|---|---|---|---|---|---|"]
     for name, e in report["engines"].items():
         for w, v in e["workloads"].items():

@@ -18,7 +18,7 @@ import numpy as np
 
 from kernels.base import Backend, BackendError, KVCache
 
-from . import model_gemma3, model_llama
+from . import heap, model_gemma3, model_llama
 from .backends import make_backend
 from .config import Config
 from .f32_store import for_model as f32_store_for
@@ -112,6 +112,7 @@ def load(model: str | os.PathLike | GGUFFile, backend: str | Backend = "numpy", 
     f32_store: keep numpy's float32 weight cache in a file and map it on later loads
     (workbench.f32_store; `WORKBENCH_F32_STORE=0` turns it off everywhere)."""
     t0 = time.perf_counter()
+    heap.keep_freed_memory()  # a forward's temporaries reuse freed heap blocks (workbench.heap)
     if isinstance(model, GGUFFile):  # already opened, e.g. by a load strategy (workbench.loading)
         g, path = model, model.path
     else:

@@ -42,10 +42,11 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    from . import __version__
+    from . import __version__, heap
 
     return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "numpy": numpy.__version__, "workbench": __version__}
+            "python": platform.python_version(), "numpy": numpy.__version__, "workbench": __version__,
+            "malloc": heap.state()}
 
 
 def model_info(model) -> dict:
