@@ -201,10 +201,10 @@ class NumexprBackend(NumpyBackend):
             self._cos_sin_of = (rot, np.ascontiguousarray(rot.real), np.ascontiguousarray(rot.imag))
         return self._cos_sin_of[1:]
 
-    def softmax(self, x):
+    def softmax(self, x, out=None):
         if x.size < self.min_size["softmax"]:
-            return _NP.softmax(self, x)
-        e = _EXP_SUB(x, x.max(axis=-1, keepdims=True))
+            return _NP.softmax(self, x, out)
+        e = _EXP_SUB(x, x.max(axis=-1, keepdims=True), out=out)
         return _DIV(e, e.sum(axis=-1, keepdims=True), out=e)
 
     def silu_mul(self, g, u):

@@ -110,6 +110,7 @@ class NumpyBackend(Backend):
         self._held: dict[int, tuple] = {}  # id(w) -> (input, product): siblings computed by one GEMM
         self.profile = False  # set while a recorder runs: every matmul then computes its own product
         self._last_rotation: tuple = (None, None)
+        self._last_mask: tuple = (None, None)
 
     def supports(self, op, qtype=None):
         return op in OPS and (qtype is None or can_dequantize(qtype))
@@ -255,16 +256,24 @@ class NumpyBackend(Backend):
         s = qh @ K[:T].transpose(1, 2, 0)  # (Hkv, n*g, T)
         s *= np.float32(scale)
         if n > 1 or (window is not None and T > window):  # one new token sees every cached one
-            s = (s.reshape(Hkv, n, g, T) + _causal_mask(pos, n, T, window)[:, None, :]).reshape(Hkv, n * g, T)
-        p = self.softmax(s)
+            s.reshape(Hkv, n, g, T)[...] += self._mask(pos, n, T, window)[:, None, :]  # (a view: in place)
+        p = self.softmax(s, out=s)  # the scores are a temporary of their own: in place
         o = p @ V[:T].transpose(1, 0, 2)  # (Hkv, n*g, hd)
         return np.ascontiguousarray(o.reshape(Hkv, n, g, hd).transpose(1, 0, 2, 3)).reshape(n, H * hd)
 
-    def softmax(self, x):
-        e = x - x.max(axis=-1, keepdims=True)
-        np.exp(e, out=e)
-        e /= e.sum(axis=-1, keepdims=True)
-        return e
+    def softmax(self, x, out=None):
+        """softmax over the last axis; `out` (may be x) receives it."""
+        out = np.subtract(x, x.max(axis=-1, keepdims=True), out=out)
+        np.exp(out, out=out)
+        out /= out.sum(axis=-1, keepdims=True)
+        return out
+
+    def _mask(self, pos: int, n: int, T: int, window: int | None) -> np.ndarray:
+        """_causal_mask, the last one reused: every layer of a forward masks alike."""
+        key = (pos, n, T, window)
+        if self._last_mask[0] != key:
+            self._last_mask = (key, _causal_mask(pos, n, T, window))
+        return self._last_mask[1]
 
     def silu_mul(self, g, u):  # g / (1 + e^-g) * u, in one temporary
         t = np.negative(g)
