@@ -141,6 +141,18 @@ def test_matmul(be, type_name, rows, units, n):
     assert np.all(np.abs(got - ref) <= 1e-5 * bound + 1e-30), np.max(np.abs(got - ref) / bound)
 
 
+@pytest.mark.parametrize("type_name", ["F32", "F16"])
+@pytest.mark.parametrize("n", [8, 17])
+def test_matmul_whole_units_of_plain_types(be, type_name, n):
+    """F32/F16 rows of whole 32-weight units (test_matmul's are ragged): full token tiles
+    take OpenCL's tail-free loop."""
+    w = random_weight(type_name, 19, 96)
+    x = randn(n, w.cols)
+    got, ref = be.matmul(x, w), REF.matmul(x, w)
+    bound = np.abs(x) @ np.abs(dequantize(w.data, w.qtype)).T
+    assert np.all(np.abs(got - ref) <= 1e-5 * bound + 1e-30), np.max(np.abs(got - ref) / bound)
+
+
 @pytest.mark.parametrize("type_name", WEIGHT_TYPES)
 @pytest.mark.parametrize("rows,units", [(1, 1), (37, 3), (130, 18)])
 def test_embed_is_bit_identical(be, type_name, rows, units):

@@ -152,6 +152,7 @@ inline float rope_value(global const float *x, const int e, global const float *
 inline void deq32_f32(gbytes row, int u, int nv, float8 *w) {
     global const float *p = (global const float *)row + 32 * u;
     if (nv == 32) {
+#pragma unroll
         for (int i = 0; i < 4; ++i) w[i] = ld8f(p + 8 * i);
         return;
     }
@@ -163,6 +164,7 @@ inline void deq32_f32(gbytes row, int u, int nv, float8 *w) {
 inline void deq32_f16(gbytes row, int u, int nv, float8 *w) {
     global const ushort *p = (global const ushort *)row + 32 * u;
     if (nv == 32) {
+#pragma unroll
         for (int i = 0; i < 4; ++i) w[i] = ld8h(p + 8 * i);
         return;
     }
@@ -202,12 +204,14 @@ HOT void quants_q5_0(gbytes b, int8 *q) {
 
 /* Q4_K: 32 bytes of nibbles, the low ones (shift 0) or the high ones (shift 4) */
 HOT void quants_q4_k(gbytes qs, const uint shift, int8 *q) {
+#pragma unroll
     for (int i = 0; i < 4; ++i) q[i] = as_int8((convert_uint8(ld8b(qs + 8 * i)) >> shift) & 15u);
 }
 
 /* Q6_K: four bits of 32 ql bytes (from bit lshift) under two bits of 32 qh bytes (from bit
  * hshift) */
 HOT void quants_q6_k(gbytes ql, gbytes qh, const uint lshift, const uint hshift, int8 *q) {
+#pragma unroll
     for (int i = 0; i < 4; ++i)
         q[i] = as_int8(((convert_uint8(ld8b(ql + 8 * i)) >> lshift) & 15u) |
                        (((convert_uint8(ld8b(qh + 8 * i)) >> hshift) & 3u) << 4));
@@ -217,6 +221,7 @@ HOT void quants_q6_k(gbytes ql, gbytes qh, const uint lshift, const uint hshift,
 inline void deq32_q4_0(gbytes row, int u, float8 *w) {
     gbytes b = row + 18 * u;
     const float d = ld_f16(b);
+#pragma unroll
     for (int i = 0; i < 2; ++i) {
         const uchar8 q = ld8b(b + 2 + 8 * i);
         w[i] = convert_float8(convert_int8(q & (uchar)15) - 8) * d;
@@ -228,6 +233,7 @@ inline void deq32_q4_0(gbytes row, int u, float8 *w) {
 inline void deq32_q4_1(gbytes row, int u, float8 *w) {
     gbytes b = row + 20 * u;
     const float d = ld_f16(b), m = ld_f16(b + 2);
+#pragma unroll
     for (int i = 0; i < 2; ++i) {
         const uchar8 q = ld8b(b + 4 + 8 * i);
         w[i] = convert_float8(q & (uchar)15) * d + m;
@@ -241,6 +247,7 @@ inline void deq32_q5_0(gbytes row, int u, float8 *w) {
     const float d = ld_f16(b);
     int8 q[4];
     quants_q5_0(b, q);
+#pragma unroll
     for (int i = 0; i < 4; ++i) w[i] = convert_float8(q[i] - 16) * d;
 }
 
@@ -249,6 +256,7 @@ inline void deq32_q8_0(gbytes row, int u, float8 *w) {
     gbytes b = row + 34 * u;
     const float d = ld_f16(b);
     global const char *qs = (global const char *)(b + 2);
+#pragma unroll
     for (int i = 0; i < 4; ++i) w[i] = convert_float8(ld8c(qs + 8 * i)) * d;
 }
 
@@ -280,6 +288,7 @@ inline void deq32_q4_k(gbytes row, int u, float8 *w) {
     Q4_K_UNIT(row, u)
     const float dl = ld_f16(b) * (float)scale, ml = ld_f16(b + 2) * (float)mn;
     const uchar shift = 4 * (s & 1);
+#pragma unroll
     for (int i = 0; i < 4; ++i) w[i] = dl * convert_float8((ld8b(qs + 8 * i) >> shift) & (uchar)15) - ml;
 }
 
@@ -298,6 +307,7 @@ inline void deq32_q4_k(gbytes row, int u, float8 *w) {
 inline void deq32_q6_k(gbytes row, int u, float8 *w) {
     Q6_K_UNIT(row, u)
     const float d = ld_f16(b + 208);
+#pragma unroll
     for (int i = 0; i < 4; ++i) w[i] = (d * (float)scales[i >> 1]) * convert_float8(q[i] - 32);
 }
 
