@@ -77,17 +77,45 @@ kernel void attn_scores(global const float *Q, const int q_at, global const floa
     *s = a * scale;
 }
 
+/* WSUM8: out = sum of p[j] * v[j * stride + 0..7] for j in [j0, j1): eight consecutive output
+ * values of a weighted sum of V rows (a float8 a position, two running sums) */
+#define WSUM8(p, v, stride, j0, j1, out)                                                          \
+    {                                                                                             \
+        float8 a0_ = 0.0f, a1_ = 0.0f;                                                            \
+        int j_ = (j0);                                                                            \
+        for (; j_ + 2 <= (j1); j_ += 2) {                                                         \
+            a0_ += (p)[j_] * ld8f((v) + (size_t)j_ * (stride));                                   \
+            a1_ += (p)[j_ + 1] * ld8f((v) + (size_t)(j_ + 1) * (stride));                         \
+        }                                                                                         \
+        if (j_ < (j1)) a0_ += (p)[j_] * ld8f((v) + (size_t)j_ * (stride));                        \
+        out = a0_ + a1_;                                                                          \
+    }
+
+/* Grid (hd / 8 + hd % 8, H, n): work-item x < hd / 8 takes the eight values 8x..8x+7 of its
+ * query's output row (WSUM8), each later one a single value past the last multiple of 8
+ * (DOT_PARTS). A value per work-item, as this kernel was first, ran as scalar strided loops
+ * on PoCL: 10 ms of a 64-token SmolLM2 forward. */
 kernel void attn_values(global const float *P, global const float *V, global float *O, const int o_at,
                         const int H, const int Hkv, const int hd, const int pos, const int T,
                         const int window) {
-    const int d = get_global_id(0), h = get_global_id(1), i = get_global_id(2);
-    if (d >= hd) return;
+    const int x = get_global_id(0), h = get_global_id(1), i = get_global_id(2), n8 = hd / 8;
+    if (x >= n8 + hd % 8) return;
     const int ih = i * H + h, kh = h / (H / Hkv), qp = pos + i;
     const int j0 = window < 0 ? 0 : max(0, qp - window + 1), j1 = min(T, qp + 1);
     global const float *p = P + (size_t)ih * T;
-    float a;
-    DOT_PARTS(p, V + (size_t)kh * hd + d, Hkv * hd, j0, j1, a)
-    O[o_at + (size_t)ih * hd + d] = a;
+    global const float *vh = V + (size_t)kh * hd;
+    global float *o = O + o_at + (size_t)ih * hd;
+    const size_t stride = (size_t)Hkv * hd;
+    if (x < n8) {
+        float8 a;
+        WSUM8(p, vh + 8 * x, stride, j0, j1, a)
+        vstore8(a, 0, o + 8 * x);
+    } else {
+        const int d = 8 * n8 + (x - n8);
+        float a;
+        DOT_PARTS(p, vh + d, stride, j0, j1, a)
+        o[d] = a;
+    }
 }
 
 /* One new query (position pos, T = pos + 1) in one launch: store k, v at position pos and
@@ -145,14 +173,9 @@ kernel void attn_decode(global const float *Q, global const float *k, global con
     const size_t stride = (size_t)Hkv * hd;
     global const float *vh = V + (size_t)kh * hd;
     for (int d = 8 * lid; d + 8 <= hd; d += 8 * LS) {
-        float8 a0 = 0.0f, a1 = 0.0f;
-        int j = j0;
-        for (; j + 2 <= pos; j += 2) {
-            a0 += s[j] * ld8f(vh + j * stride + d);
-            a1 += s[j + 1] * ld8f(vh + (j + 1) * stride + d);
-        }
-        if (j < pos) a0 += s[j] * ld8f(vh + j * stride + d);
-        vstore8((a0 + a1) + s[pos] * ld8f(vn + d), 0, O + (size_t)h * hd + d);
+        float8 a;
+        WSUM8(s, vh + d, stride, j0, pos, a)
+        vstore8(a + s[pos] * ld8f(vn + d), 0, O + (size_t)h * hd + d);
     }
     for (int d = (hd & ~7) + lid; d < hd; d += LS) {
         float a;
