@@ -79,6 +79,8 @@ MATMUL_LX = 8  # matmul work-items per row, at most, on devices other than CPUs
 MATMUL_GROUP = 64  # matmul work-items per group, at most (rows fill the rest)
 MATVEC_GROUP_CPU = 16  # one-token matmul on a CPU device: rows per group, a work-item each
 MATMUL_GROUP_CPU = 16  # prompt matmul on a CPU device: rows per group, a work-item each
+SOFTMAX_ROW_MAX = 4096  # longest row a CPU work-item takes whole (its sums run in 8 lanes: longer
+#                        rows, a vocabulary's, keep the work-group's tree reduction for accuracy)
 SCORES_FLOATS = 1 << 24  # attention scores buffer limit (64 MiB); longer batches run in chunks
 F32 = np.float32
 
@@ -769,6 +771,10 @@ class OpenCLBackend(Backend):
         return self._rope_cs[1]
 
     def _softmax_rows(self, X, Y, rows: int, m: int) -> None:
+        if self.is_cpu and m <= SOFTMAX_ROW_MAX:  # a work-item per row (norm.cl)
+            ls = self._local("softmax_row", MATVEC_GROUP_CPU)
+            self._launch("softmax_row", (rows,), (ls,), X, Y, np.int32(m), np.int32(rows))
+            return
         ls = self._local("softmax", min(m, MAX_LOCAL))
         self._launch("softmax", (rows * ls,), (ls,), X, Y, np.int32(m), self.cl.LocalMemory(4 * ls))
 
@@ -778,23 +784,24 @@ class OpenCLBackend(Backend):
         self._softmax_rows(X, Y, x.size // m, m)
         return self._result(Y, x.shape)
 
-    def _elementwise(self, kernel: str, inputs: list, scalars: tuple = ()) -> np.ndarray:
+    def _elementwise(self, kernel: str, inputs: list, scalars: tuple = (), per_item: int = 1) -> np.ndarray:
+        """per_item: values a work-item takes (elementwise.cl)."""
         shape = np.broadcast_shapes(*(a.shape for a in inputs))
         arrays = [a if a.shape == shape else np.broadcast_to(a, shape) for a in inputs]
         N = math.prod(shape)
         bufs = [self._in(a) for a in arrays]
         Y = self._alloc(N)
         ls = self._local(kernel, MAX_LOCAL)
-        self._launch(kernel, (N,), (ls,), *bufs, Y, np.int32(N), *scalars)
+        self._launch(kernel, (-(-N // per_item),), (ls,), *bufs, Y, np.int32(N), *scalars)
         return self._result(Y, shape)
 
     def silu_mul(self, g, u):
         y = self._glu(g, u, 0)
-        return self._elementwise("silu_mul", [g, u]) if y is None else y
+        return self._elementwise("silu_mul", [g, u], per_item=8) if y is None else y
 
     def gelu_mul(self, g, u):
         y = self._glu(g, u, 1)
-        return self._elementwise("gelu_mul", [g, u], (F32(np.sqrt(2.0 / np.pi)),)) if y is None else y
+        return self._elementwise("gelu_mul", [g, u], (F32(np.sqrt(2.0 / np.pi)),), per_item=8) if y is None else y
 
     def add(self, a, b):
         if self._fusing() and isinstance(a, CLArray) and isinstance(b, CLArray) and a.shape == b.shape:

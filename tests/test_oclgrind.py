@@ -70,6 +70,9 @@ be.matmul_lx, be.matmul_group, be.matvec_lx, be.matvec_group = LAYOUTS[0]
 x, g = f32(3, 37), f32(37)
 check(be.rms_norm(x, g, 1e-5), ref.rms_norm(x, g, 1e-5), "rms_norm")
 check(be.softmax(x), ref.softmax(x), "softmax")
+be.is_cpu = not be.is_cpu  # the other softmax kernel: a work-item per row (CPU) or a work-group
+check(be.softmax(x), ref.softmax(x), "softmax, the other kernel")
+be.is_cpu = not be.is_cpu
 for op in ("silu_mul", "gelu_mul", "add"):
     check(getattr(be, op)(x, x[::-1].copy()), getattr(ref, op)(x, x[::-1].copy()), op)
 check(be.scale(x, 0.5), ref.scale(x, 0.5), "scale")

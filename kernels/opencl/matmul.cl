@@ -182,11 +182,9 @@ inline float row_sum(const float s, local float *red) {
             acc += DOT(row, u, min(32, cols - 32 * (int)u), X + 32 * u);                          \
     }
 
-/* gelu (tanh approximation) or silu of g, times u: exactly as elementwise.cl */
+/* gelu (tanh approximation) or silu of g, times u: as elementwise.cl */
 inline float act_mul(const int act, const float g, const float u, const float c) {
-    if (act == 1)
-        return 0.5f * g * (1.0f + tanh(c * (g + 0.044715f * g * g * g))) * u;
-    return g / (1.0f + exp(-g)) * u;
+    return (act == 1 ? GELU(g, c, exp1) : SILU(g, exp1)) * u;
 }
 
 /* Three kinds of one-token kernels per type, grid (LX, rows rounded up to LY):

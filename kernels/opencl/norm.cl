@@ -40,3 +40,32 @@ kernel void softmax(global const float *X, global float *Y, const int m, local f
     for (int i = lid; i < m; i += ls) mx = fmax(mx, x[i]);
     wg_exp_normalize(x, y, m, wg_max(mx, red), red);
 }
+
+/* The same with a work-item per row, eight values at a time (exp8) and the rest one by one:
+ * for CPU devices, where a work-group per row paid its barriers and a scalar exp per value
+ * (a 64-token SmolLM2 forward's 30 score softmaxes: 9.0 -> 1.2 ms of device time). */
+kernel void softmax_row(global const float *X, global float *Y, const int m, const int rows) {
+    const int r = get_global_id(0);
+    if (r >= rows) return;
+    global const float *x = X + (size_t)r * m;
+    global float *y = Y + (size_t)r * m;
+    const int m8 = m & ~7;
+    float8 mx8 = -INFINITY;
+    for (int i = 0; i < m8; i += 8) mx8 = fmax(mx8, ld8f(x + i));
+    float mx = hmax8(mx8);
+    for (int i = m8; i < m; ++i) mx = fmax(mx, x[i]);
+    float8 s8 = 0.0f;
+    for (int i = 0; i < m8; i += 8) {
+        const float8 e = exp8(ld8f(x + i) - mx);
+        vstore8(e, 0, y + i);
+        s8 += e;
+    }
+    float s = hsum8(s8);
+    for (int i = m8; i < m; ++i) {
+        const float e = exp1(x[i] - mx);
+        y[i] = e;
+        s += e;
+    }
+    for (int i = 0; i < m8; i += 8) vstore8(ld8f(y + i) / s, 0, y + i);
+    for (int i = m8; i < m; ++i) y[i] = y[i] / s;
+}
