@@ -30,11 +30,12 @@ HOT float8 dot32w(const float8 acc, const float8 *w, global const float *x) {
 
 /* Inlined whole (HOT), with the block reader and dot32v in it, so that a unit's four float8
  * and the NT running sums live in registers: as calls PoCL kept them in memory (a 64-token
- * Q4_1 1536x576 product 4.3-5.4 -> 2.7-3.6 ms on PoCL here). A whole tile of whole units
- * (every tile but a prompt's last, every block type) runs a loop without tail checks, each
- * token's sum a chain of four multiply-adds; with that and the block readers' loops unrolled
- * (their w[] had stayed in memory), 64-token products on the real weights took 0.42-0.65x the
- * device time, pp64 on PoCL here SmolLM2 192 -> 333 tok/s, Gemma 3 165 -> 272. */
+ * Q4_1 1536x576 product 4.3-5.4 -> 2.7-3.6 ms on PoCL here). Rows of whole units (every
+ * block type) run a loop without tail checks, each token's sum a chain of four multiply-adds
+ * (a prompt's last, short tile computes its last token again in the unused sums: cheaper
+ * than the checks); with that and the block readers' loops unrolled (their w[] had stayed
+ * in memory), 64-token products on the real weights took 0.42-0.65x the device time, pp64 on
+ * PoCL here SmolLM2 192 -> 333 tok/s, Gemma 3 165 -> 272. */
 HOT void matmul_tile(const int qt, gbytes W, const int row_bytes, const int cols, const int rows,
                      global const float *X, const int n, global float *Y, local float *red) {
     const int lx = get_local_id(0), LX = get_local_size(0);
@@ -51,12 +52,12 @@ HOT void matmul_tile(const int qt, gbytes W, const int row_bytes, const int cols
         global const float *x0 = X + (size_t)t0 * cols;
         float8 w[4];
         const int units = (cols + 31) / 32;
-        if (nt == NT && (cols & 31) == 0) {  /* a whole tile of whole units: no tails inside */
+        if ((cols & 31) == 0) {  /* whole units: no tails inside; a short tile repeats its last token */
             for (int u = lx; u < units; u += LX) {
                 deq32(qt, row, u, 32, w);
                 global const float *xu = x0 + 32 * u;
 #pragma unroll
-                for (int t = 0; t < NT; ++t) acc[t] = dot32w(acc[t], w, xu + (size_t)t * cols);
+                for (int t = 0; t < NT; ++t) acc[t] = dot32w(acc[t], w, xu + (size_t)min(t, nt - 1) * cols);
             }
         } else {
             for (int u = lx; u < units; u += LX) {
