@@ -86,9 +86,10 @@ inline float hsum8(float8 v) {
     return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
 }
 
-/* ---- e^x and the gated activations, in float arithmetic only. PoCL calls libm's expf and
- *      tanhf once per element, which no loop around them can vectorize: a 64 x 1536 SiLU took
- *      ~400 us, ~77 us with exp8 on float8 (its own kernel here, A/B in one process). ---- */
+/* ---- e^x and the gated activations, in float arithmetic only. PoCL 3.0 calls its exp and
+ *      tanh builtins out of line, once per element (seen in the kernels' disassembly), which
+ *      no loop around them can vectorize: a 64 x 1536 SiLU took ~400 us, ~77 us with exp8 on
+ *      float8 (its own kernel here, A/B in one process). ---- */
 
 /* e^x: x = n ln2 + r, |r| <= ln2 / 2 (n rounded with the 1.5 * 2^23 trick, at most 127; ln2 in
  * two parts so that n ln2 is exact), e^r by Cephes' expf polynomial, times 2^n made in the
@@ -215,8 +216,9 @@ inline void deq32_f16(gbytes row, int u, int nv, float8 *w) {
  *      their fields taken with AND / shift / OR on 32-bit lanes, fewer instructions than on
  *      bytes. The matvec dot products (matmul.cl) take every type's from here, the block
  *      readers Q5_0's and Q6_K's: with these, 64-token products on the real weights
- *      (alternating in one process, PoCL here) took ~0.9x the time for Q5_0 and Q6_K but
- *      ~1.1x for Q4_1 and Q4_K, whose readers keep their byte-lane code (and Q4_0's). ---- */
+ *      (alternating in one process, PoCL here, before the readers' loops were unrolled) took
+ *      ~0.9x the time for Q5_0 and Q6_K but ~1.1x for Q4_1 and Q4_K, whose readers keep their
+ *      byte-lane code (and Q4_0's). ---- */
 
 /* 16 bytes of 4-bit quants (Q4_0, Q4_1, Q5_0's low bits): low nibbles are weights 0-15,
  * high nibbles 16-31 */
