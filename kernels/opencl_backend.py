@@ -82,8 +82,8 @@ MATMUL_GROUP = 64  # matmul work-items per group, at most (rows fill the rest)
 # 21.3-21.9 ms a token; SmolLM2's matvecs 0.95-0.98x (A/B on the real weights), its decode equal
 MATVEC_GROUP_CPU = 64
 MATMUL_GROUP_CPU = 16  # prompt matmul on a CPU device: rows per group, a work-item each
-SOFTMAX_ROW_MAX = 4096  # longest row a CPU work-item takes whole (its sums run in 8 lanes: longer
-#                        rows, a vocabulary's, keep the work-group's tree reduction for accuracy)
+ROW_MAX = 4096  # longest row a CPU work-item takes whole in softmax and RMSNorm (its sums run in 8
+#                lanes: longer rows, a vocabulary's, keep the work-group's tree reduction for accuracy)
 SCORES_FLOATS = 1 << 24  # attention scores buffer limit (64 MiB); longer batches run in chunks
 F32 = np.float32
 
@@ -730,18 +730,22 @@ class OpenCLBackend(Backend):
     def rms_norm(self, x, weight, eps):
         d = x.shape[-1]
         rows = x.size // d
-        ls = self._local("rms_norm", min(d, MAX_LOCAL))
         lz = x.lazy if isinstance(x, CLArray) else None
-        if lz is not None and lz.kind == "add":  # a held-back residual add: add and norm in one launch
-            A, B, S, _ = lz.args
+        fused = lz is not None and lz.kind == "add"  # a held-back residual add: add and norm in one launch
+        if fused:
             lz.kind = None
-            Wt, Y = self._in(weight), self._alloc(x.size)
-            self._launch("add_rms_norm", (rows * ls,), (ls,), A, B, S, Wt, Y, np.int32(d), F32(eps),
+            inputs = lz.args[:3]  # A, B and S (the sum, stored: the residual stream)
+        else:
+            inputs = (self._in(x),)
+        kernel = "add_rms_norm" if fused else "rms_norm"
+        Wt, Y = self._in(weight), self._alloc(x.size)
+        if self.is_cpu and d <= ROW_MAX:  # a work-item per row (norm.cl)
+            ls = self._local(kernel + "_row", MATVEC_GROUP_CPU)
+            self._launch(kernel + "_row", (rows,), (ls,), *inputs, Wt, Y, np.int32(d), F32(eps), np.int32(rows))
+        else:
+            ls = self._local(kernel, min(d, MAX_LOCAL))
+            self._launch(kernel, (rows * ls,), (ls,), *inputs, Wt, Y, np.int32(d), F32(eps),
                          self.cl.LocalMemory(4 * ls))
-            return self._result(Y, x.shape)
-        X, Wt, Y = self._in(x), self._in(weight), self._alloc(x.size)
-        self._launch("rms_norm", (rows * ls,), (ls,), X, Wt, Y, np.int32(d), F32(eps),
-                     self.cl.LocalMemory(4 * ls))
         return self._result(Y, x.shape)
 
     def rope(self, x, pos, theta_base, mode, n_rot=None):
@@ -774,7 +778,7 @@ class OpenCLBackend(Backend):
         return self._rope_cs[1]
 
     def _softmax_rows(self, X, Y, rows: int, m: int) -> None:
-        if self.is_cpu and m <= SOFTMAX_ROW_MAX:  # a work-item per row (norm.cl)
+        if self.is_cpu and m <= ROW_MAX:  # a work-item per row (norm.cl)
             ls = self._local("softmax_row", MATVEC_GROUP_CPU)
             self._launch("softmax_row", (rows,), (ls,), X, Y, np.int32(m), np.int32(rows))
             return

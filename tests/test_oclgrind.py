@@ -70,8 +70,9 @@ be.matmul_lx, be.matmul_group, be.matvec_lx, be.matvec_group = LAYOUTS[0]
 x, g = f32(3, 37), f32(37)
 check(be.rms_norm(x, g, 1e-5), ref.rms_norm(x, g, 1e-5), "rms_norm")
 check(be.softmax(x), ref.softmax(x), "softmax")
-be.is_cpu = not be.is_cpu  # the other softmax kernel: a work-item per row (CPU) or a work-group
+be.is_cpu = not be.is_cpu  # the other softmax and norm kernels: a work-item per row (CPU) or a work-group
 check(be.softmax(x), ref.softmax(x), "softmax, the other kernel")
+check(be.rms_norm(x, g, 1e-5), ref.rms_norm(x, g, 1e-5), "rms_norm, the other kernel")
 be.is_cpu = not be.is_cpu
 for op in ("silu_mul", "gelu_mul", "add"):
     check(getattr(be, op)(x, x[::-1].copy()), getattr(ref, op)(x, x[::-1].copy()), op)
@@ -110,6 +111,11 @@ a3, b3, g3 = f32(3, 37), f32(3, 37), f32(37)
 s3 = fz.add(fz.scale(a3, 1.0), fz.scale(b3, 1.0))
 check(np.asarray(fz.rms_norm(s3, g3, 1e-5)), ref.rms_norm(a3 + b3, g3, 1e-5), "add_rms_norm")
 check(np.asarray(s3), a3 + b3, "add_rms_norm sum", exact=True)
+fz.is_cpu = not fz.is_cpu  # the other add_rms_norm kernel
+s3 = fz.add(fz.scale(a3, 1.0), fz.scale(b3, 1.0))
+check(np.asarray(fz.rms_norm(s3, g3, 1e-5)), ref.rms_norm(a3 + b3, g3, 1e-5), "add_rms_norm, the other kernel")
+check(np.asarray(s3), a3 + b3, "add_rms_norm sum, the other kernel", exact=True)
+fz.is_cpu = not fz.is_cpu
 mine, theirs = fz.new_kv_cache(1, 12, Hkv, hd), ref.new_kv_cache(1, 12, Hkv, hd)
 pos = 0
 for n in (9, 1, 1):

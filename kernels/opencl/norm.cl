@@ -1,4 +1,5 @@
-/* norm.cl: the row reductions. One work-group per row; `red` holds local-size floats. */
+/* norm.cl: the row reductions. One work-group per row (`red` holds local-size floats), or, in
+ * the `_row` kernels the host picks on CPU devices, one work-item per row. */
 
 /* y = x * (1 / sqrt(mean(x^2) + eps)) * weight */
 kernel void rms_norm(global const float *X, global const float *Wt, global float *Y,
@@ -29,6 +30,48 @@ kernel void add_rms_norm(global const float *A, global const float *B, global fl
     const float ms = wg_sum(s, red) / (float)d;
     const float k = 1.0f / sqrt(ms + eps);
     for (int i = lid; i < d; i += ls) Y[at + i] = S[at + i] * k * Wt[i];
+}
+
+/* The same two with a work-item per row, eight values at a time: for CPU devices, where a
+ * work-group per row paid its barriers for every row. Device time of a 64-token forward on
+ * PoCL here: Gemma 3 (which normalizes each head's q and k) rms_norm 8.7 -> 1.5 ms,
+ * add_rms_norm 3.9 -> 1.5; SmolLM2 add_rms_norm 5.6-6.5 -> 2.5; a decode launch 5.3 -> 2.8 us. */
+inline float row_sumsq(global const float *x, const int d) {
+    const int d8 = d & ~7;
+    float8 s8 = 0.0f;
+    for (int i = 0; i < d8; i += 8) {
+        const float8 v = ld8f(x + i);
+        s8 += v * v;
+    }
+    float s = hsum8(s8);
+    for (int i = d8; i < d; ++i) s += x[i] * x[i];
+    return s;
+}
+
+inline void row_scale(global const float *x, const float k, global const float *w, global float *y, const int d) {
+    const int d8 = d & ~7;
+    for (int i = 0; i < d8; i += 8) vstore8(ld8f(x + i) * k * ld8f(w + i), 0, y + i);
+    for (int i = d8; i < d; ++i) y[i] = x[i] * k * w[i];
+}
+
+kernel void rms_norm_row(global const float *X, global const float *Wt, global float *Y, const int d,
+                         const float eps, const int rows) {
+    const int r = get_global_id(0);
+    if (r >= rows) return;
+    global const float *x = X + (size_t)r * d;
+    row_scale(x, 1.0f / sqrt(row_sumsq(x, d) / (float)d + eps), Wt, Y + (size_t)r * d, d);
+}
+
+kernel void add_rms_norm_row(global const float *A, global const float *B, global float *S,
+                             global const float *Wt, global float *Y, const int d, const float eps,
+                             const int rows) {
+    const int r = get_global_id(0);
+    if (r >= rows) return;
+    const size_t at = (size_t)r * d;
+    const int d8 = d & ~7;
+    for (int i = 0; i < d8; i += 8) vstore8(ld8f(A + at + i) + ld8f(B + at + i), 0, S + at + i);
+    for (int i = d8; i < d; ++i) S[at + i] = A[at + i] + B[at + i];
+    row_scale(S + at, 1.0f / sqrt(row_sumsq(S + at, d) / (float)d + eps), Wt, Y + at, d);
 }
 
 /* y = exp(x - max x) / sum exp(x - max x) over rows of m; X may be Y (in place) */
