@@ -24,6 +24,9 @@ sizes from the device and kernel (powers of two where a kernel reduces).
   walks a whole row; dot products without materializing the dequantized weights where the
   type allows, see matmul.cl) and `attn_decode` (kv store, scores, softmax and values in
   one launch instead of four; its device time is the attention op's).
+- CPU devices get their own shapes where a work-group's work-items would only be a loop:
+  a work-item walks a whole matvec row (above), and each row of softmax and RMSNorm (rows up
+  to `ROW_MAX`) is one work-item's, eight values at a time, with no barriers (norm.cl).
 - Fusion (resident ops only, `fuse`): an op may hand back a `CLArray` whose kernel is held
   back (a `_Lazy`), so that the op reading it launches one fused kernel instead:
   matmuls of one token held back until read, then every held-back matmul of the same input
