@@ -742,10 +742,7 @@ class OpenCLBackend(Backend):
             inputs = (self._in(x),)
         kernel = "add_rms_norm" if fused else "rms_norm"
         Wt, Y = self._in(weight), self._alloc(x.size)
-        if self.is_cpu and d <= ROW_MAX:  # a work-item per row (norm.cl)
-            ls = self._local(kernel + "_row", MATVEC_GROUP_CPU)
-            self._launch(kernel + "_row", (rows,), (ls,), *inputs, Wt, Y, np.int32(d), F32(eps), np.int32(rows))
-        else:
+        if not self._by_rows(kernel, d, rows, *inputs, Wt, Y, np.int32(d), F32(eps)):
             ls = self._local(kernel, min(d, MAX_LOCAL))
             self._launch(kernel, (rows * ls,), (ls,), *inputs, Wt, Y, np.int32(d), F32(eps),
                          self.cl.LocalMemory(4 * ls))
@@ -780,10 +777,18 @@ class OpenCLBackend(Backend):
             self._rope_cs = (key, self.cl.Buffer(self.ctx, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=cs))
         return self._rope_cs[1]
 
+    def _by_rows(self, kernel: str, m: int, rows: int, *args) -> bool:
+        """On a CPU device, for rows of at most ROW_MAX values: launch `<kernel>_row`, a
+        work-item per row (norm.cl; `args`, then the row count), and say so. Else False: the
+        caller launches its work-group kernel."""
+        if not (self.is_cpu and m <= ROW_MAX):
+            return False
+        ls = self._local(kernel + "_row", MATVEC_GROUP_CPU)
+        self._launch(kernel + "_row", (rows,), (ls,), *args, np.int32(rows))
+        return True
+
     def _softmax_rows(self, X, Y, rows: int, m: int) -> None:
-        if self.is_cpu and m <= ROW_MAX:  # a work-item per row (norm.cl)
-            ls = self._local("softmax_row", MATVEC_GROUP_CPU)
-            self._launch("softmax_row", (rows,), (ls,), X, Y, np.int32(m), np.int32(rows))
+        if self._by_rows("softmax", m, rows, X, Y, np.int32(m)):
             return
         ls = self._local("softmax", min(m, MAX_LOCAL))
         self._launch("softmax", (rows * ls,), (ls,), X, Y, np.int32(m), self.cl.LocalMemory(4 * ls))
