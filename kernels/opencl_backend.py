@@ -204,12 +204,13 @@ class CLArray:
     forwards (shape, size, reshape, x[a:b] on the first axis); `np.asarray(x)` and
     `backend.to_host(x)` copy it to the host (waiting for the queue)."""
 
-    __slots__ = ("buf", "shape", "backend", "lazy")
+    __slots__ = ("buf", "shape", "backend", "lazy", "sums")
     dtype = np.dtype(np.float32)
 
-    def __init__(self, buf, shape, backend, lazy=None):
+    def __init__(self, buf, shape, backend, lazy=None, sums=-1):
         self.buf, self.shape, self.backend = buf, tuple(int(s) for s in shape), backend
         self.lazy = lazy  # a _Lazy while the kernel that writes buf is not launched yet
+        self.sums = sums  # >= 0: buf holds the unit sums of a one-row x from this float on
 
     @property
     def size(self) -> int:
@@ -236,7 +237,7 @@ class CLArray:
             shape = tuple(self.size // known if s == -1 else s for s in shape)
         if math.prod(shape) != self.size:
             raise ValueError(f"cannot reshape CLArray of shape {self.shape} into {shape}")
-        return CLArray(self.buf, shape, self.backend, self.lazy)
+        return CLArray(self.buf, shape, self.backend, self.lazy, self.sums)
 
     def __getitem__(self, key) -> "CLArray":
         if not isinstance(key, slice) or key.step not in (None, 1):
@@ -516,14 +517,14 @@ class OpenCLBackend(Backend):
         self._finish()
         return host
 
-    def _result(self, buf, shape):
+    def _result(self, buf, shape, sums: int = -1):
         """An op's result: a CLArray (resident) or a host copy. Resident under a recorder
         (`profile`), the op waits for its commands so their times are the op's own."""
         if not self.resident:
             return self._out(buf, shape)
         if self.profile:
             self._finish()
-        return CLArray(buf, shape, self)
+        return CLArray(buf, shape, self, sums=sums)
 
     def prepare(self, weights) -> None:
         """A model will run its forwards through ops.py: with resident="auto", from now on
@@ -623,12 +624,14 @@ class OpenCLBackend(Backend):
         rows = w.rows
         W, X, Y = self._weight(w), self._in(x), self._alloc(n * rows)
         if n == 1:
+            sums = np.int32(x.sums if isinstance(x, CLArray) else -1)
             if self._fusing():  # held back: q, k, v may go in one launch, gate and up with their product
-                lz = _Lazy("matvec", (w, W, X, Y))
+                lz = _Lazy("matvec", (w, W, X, Y, sums))
                 self._batchable.append(lz)
                 return CLArray(Y, (1, rows), self, lz)
             kernel, gsize, lsize, local = self._matvec_plan("matvec_", w.qtype.name, k, rows)
-            self._launch(kernel, gsize, lsize, W, np.int32(w.row_bytes), np.int32(k), np.int32(rows), X, Y, local)
+            self._launch(kernel, gsize, lsize, W, np.int32(w.row_bytes), np.int32(k), np.int32(rows), X, sums, Y,
+                         local)
             return self._result(Y, (1, rows))
         kernel = "matmul_" + WEIGHT_TYPES[w.qtype.name]
         lx, ly = self._matmul_local(kernel, (k + 31) // 32, w.rows, TOKEN_TILE, self.matmul_lx, self.matmul_group)
@@ -671,7 +674,7 @@ class OpenCLBackend(Backend):
             lz.kind = None
             self._launch("rope", *args)
             return
-        w, _, X, _ = args
+        w, _, X, _, _ = args
         same = [z for z in self._batchable if z.kind == "matvec" and z.args[2] is X and
                 z.args[0].qtype.name == w.qtype.name and z.args[0].cols == w.cols and
                 z.args[0].row_bytes == w.row_bytes]
@@ -685,18 +688,18 @@ class OpenCLBackend(Backend):
         """One launch for one to three held-back matvecs of one input (matvec3_<type>)."""
         for z in lazies:
             z.kind = None
-        w, _, X, _ = lazies[0].args
+        w, _, X, _, sums = lazies[0].args
         if len(lazies) == 1:
-            _, W, X, Y = lazies[0].args
+            _, W, X, Y, _ = lazies[0].args
             kernel, gsize, lsize, local = self._matvec_plan("matvec_", w.qtype.name, w.cols, w.rows)
             self._launch(kernel, gsize, lsize, W, np.int32(w.row_bytes), np.int32(w.cols), np.int32(w.rows),
-                         X, Y, local)
+                         X, sums, Y, local)
             return
         parts = lazies + [lazies[0]] * (3 - len(lazies))
         counts = [z.args[0].rows for z in lazies] + [0] * (3 - len(lazies))
         kernel, gsize, lsize, local = self._matvec_plan("matvec3_", w.qtype.name, w.cols, sum(counts))
         self._launch(kernel, gsize, lsize, *(z.args[1] for z in parts), np.int32(w.row_bytes), np.int32(w.cols),
-                     *(np.int32(c) for c in counts), X, *(z.args[3] for z in parts), local)
+                     *(np.int32(c) for c in counts), X, sums, *(z.args[3] for z in parts), local)
 
     def _glu(self, g, u, act: int):
         """act(g) * u in one launch where g and u are held-back matvecs of the same input
@@ -706,16 +709,17 @@ class OpenCLBackend(Backend):
         a, b = g.lazy, u.lazy
         if a is None or b is None or a is b or a.kind != "matvec" or b.kind != "matvec":
             return None
-        (wg, Wg, X, _), (wu, Wu, Xu, _) = a.args, b.args
+        (wg, Wg, X, _, sums), (wu, Wu, Xu, _, _) = a.args, b.args
         if Xu is not X or wg.qtype.name != wu.qtype.name or (wg.rows, wg.cols, wg.row_bytes) != \
                 (wu.rows, wu.cols, wu.row_bytes):
             return None
         self._batchable = [z for z in self._batchable if z is not a and z is not b]  # g, u stay launchable
         kernel, gsize, lsize, local = self._matvec_plan("matvec_glu_", wg.qtype.name, wg.cols, wg.rows)
-        Y = self._alloc(wg.rows)
+        out_sums = wg.rows if self.is_cpu and lsize[1] % 32 == 0 else -1  # for the down matvec
+        Y = self._alloc(wg.rows + wg.rows // 32)
         self._launch(kernel, gsize, lsize, Wg, Wu, np.int32(wg.row_bytes), np.int32(wg.cols), np.int32(wg.rows),
-                     X, Y, np.int32(act), F32(np.sqrt(2.0 / np.pi)), local)
-        return self._result(Y, g.shape)
+                     X, sums, Y, np.int32(act), F32(np.sqrt(2.0 / np.pi)), np.int32(out_sums), local)
+        return self._result(Y, g.shape, out_sums)
 
     def _matmul_local(self, kernel: str, units: int, rows: int, tile: int, max_lx: int,
                       group: int) -> tuple[int, int]:
@@ -741,12 +745,14 @@ class OpenCLBackend(Backend):
         else:
             inputs = (self._in(x),)
         kernel = "add_rms_norm" if fused else "rms_norm"
-        Wt, Y = self._in(weight), self._alloc(x.size)
-        if not self._by_rows(kernel, d, rows, *inputs, Wt, Y, np.int32(d), F32(eps)):
+        sums = x.size if rows == 1 else -1  # one row (decode): its unit sums after it, for the matvecs
+        Wt, Y = self._in(weight), self._alloc(x.size + d // 32)
+        if not self._by_rows(kernel, d, rows, *inputs, Wt, Y, np.int32(d), F32(eps), np.int32(sums)):
+            sums = -1
             ls = self._local(kernel, min(d, MAX_LOCAL))
             self._launch(kernel, (rows * ls,), (ls,), *inputs, Wt, Y, np.int32(d), F32(eps),
                          self.cl.LocalMemory(4 * ls))
-        return self._result(Y, x.shape)
+        return self._result(Y, x.shape, sums)
 
     def rope(self, x, pos, theta_base, mode, n_rot=None):
         if mode not in (ROPE_NORM, ROPE_NEOX):

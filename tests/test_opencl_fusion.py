@@ -107,6 +107,31 @@ def test_held_back_gate_and_up_still_read_right(fused):
     assert_close(np.asarray(y), REF.silu_mul(REF.matmul(x, wg), REF.matmul(x, wu)), rtol=1e-4, atol_of_max=1e-5)
 
 
+@pytest.mark.parametrize("type_name", ["Q4_1", "Q4_0", "Q8_0"])
+@pytest.mark.parametrize("d,ff", [(576, 1536), (320, 288), (96, 64)])
+def test_a_decode_layers_matvecs_with_unit_sums(fused, type_name, d, ff):
+    """A decode layer's chain as a forward runs it: on a CPU device the norm also writes its
+    row's unit sums (each 32 values summed), the q/k/v and gate/up matvecs take the Q4_1
+    offsets' share from them, and the gated product writes its own for the down matvec
+    (matmul.cl, dot256_q4_1). Whole groups of eight units, the units after them, and rows too
+    narrow for a group."""
+    x, g = randn(1, d), randn(d, seed=3, scale=0.02)  # gate values of a few units: exp neither overflows nor 0
+    h = fused.rms_norm(_on_device(fused, x), g, 1e-5)
+    hx = np.asarray(h)
+    assert_close(hx, REF.rms_norm(x, g, 1e-5))
+    wq, wk, wv = (random_weight(type_name, r, d, seed=SEED + i) for i, r in enumerate((d, 64, 64)))
+    for y, w in zip([fused.matmul(h, w) for w in (wq, wk, wv)], (wq, wk, wv)):
+        _matmul_ok(y, hx, w)
+    wg, wu = random_weight(type_name, ff, d, seed=SEED + 3), random_weight(type_name, ff, d, seed=SEED + 4)
+    y = fused.silu_mul(fused.matmul(h, wg), fused.matmul(h, wu))
+    yx = np.asarray(y)
+    assert_close(yx, REF.silu_mul(REF.matmul(hx, wg), REF.matmul(hx, wu)), rtol=1e-4, atol_of_max=1e-5)
+    wd = random_weight(type_name, d, ff, seed=SEED + 5)
+    _matmul_ok(fused.matmul(y, wd), yx, wd)
+    if fused.is_cpu:  # the sums were there to read
+        assert h.sums == d and y.sums == ff
+
+
 @pytest.mark.parametrize("shape", [(1, 576), (3, 77), (2, 5, 33)])
 def test_residual_add_and_norm_in_one_launch(fused, shape):
     a, b, w = randn(*shape), randn(*shape, seed=3), randn(shape[-1], seed=4)

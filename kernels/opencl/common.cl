@@ -62,6 +62,14 @@ inline float8 f16x8(ushort8 h) {
 /* a little-endian f16 at a 2-byte aligned address (every scale field of every block is) */
 inline float ld_f16(gbytes p) { return f16(*(global const ushort *)p); }
 
+/* the f16 scales at p, p + bs, ..., p + 7 bs (one field of eight consecutive blocks of bs
+ * bytes), converted as one float8: a matvec's eight units at a time (matmul.cl) */
+inline float8 scales8(gbytes p, const int bs) {
+    global const ushort *h = (global const ushort *)p;
+    const int k = bs / 2;
+    return f16x8((ushort8)(h[0], h[k], h[2 * k], h[3 * k], h[4 * k], h[5 * k], h[6 * k], h[7 * k]));
+}
+
 /* a little-endian u32 at any address (Q5_0 keeps one at byte 2 of a 22-byte block) */
 inline uint ld_u32(gbytes p) {
     return (uint)p[0] | ((uint)p[1] << 8) | ((uint)p[2] << 16) | ((uint)p[3] << 24);

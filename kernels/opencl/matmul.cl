@@ -90,22 +90,48 @@ HOT void matmul_tile(const int qt, gbytes W, const int row_bytes, const int cols
  * ones (which went through their block readers) about half. */
 #define DOT4(a0, a1, a2, a3, x) ((a0 * ld8f(x) + a1 * ld8f(x + 8)) + (a2 * ld8f(x + 16) + a3 * ld8f(x + 24)))
 
-HOT float8 dot32_q8_0(gbytes row, const int u, const int nv, global const float *x) {
+/* sum(q x) over a unit of the types with one scale d (d * sum(q x) is their product) */
+HOT float8 dotq_q8_0(gbytes b, global const float *x) {
 #pragma OPENCL FP_CONTRACT ON
-    gbytes b = row + 34 * u;  /* d * sum(q x) */
     global const char *qs = (global const char *)(b + 2);
-    return ld_f16(b) * DOT4(convert_float8(ld8c(qs)), convert_float8(ld8c(qs + 8)), convert_float8(ld8c(qs + 16)),
-                            convert_float8(ld8c(qs + 24)), x);
+    return DOT4(convert_float8(ld8c(qs)), convert_float8(ld8c(qs + 8)), convert_float8(ld8c(qs + 16)),
+                convert_float8(ld8c(qs + 24)), x);
 }
 
-HOT float8 dot32_q4_0(gbytes row, const int u, const int nv, global const float *x) {
+HOT float8 dotq_q4_0(gbytes b, global const float *x) {
 #pragma OPENCL FP_CONTRACT ON
-    gbytes b = row + 18 * u;  /* d * sum((q - 8) x) */
-    int8 q[4];
+    int8 q[4];  /* q - 8 */
     quants_nibbles(b + 2, q);
-    return ld_f16(b) * DOT4(convert_float8(q[0] - 8), convert_float8(q[1] - 8), convert_float8(q[2] - 8),
-                            convert_float8(q[3] - 8), x);
+    return DOT4(convert_float8(q[0] - 8), convert_float8(q[1] - 8), convert_float8(q[2] - 8),
+                convert_float8(q[3] - 8), x);
 }
+
+HOT float8 dotq_q5_0(gbytes b, global const float *x) {
+#pragma OPENCL FP_CONTRACT ON
+    int8 q[4];  /* q - 16 */
+    quants_q5_0(b, q);
+    return DOT4(convert_float8(q[0] - 16), convert_float8(q[1] - 16), convert_float8(q[2] - 16),
+                convert_float8(q[3] - 16), x);
+}
+
+/* dot32 and dot256 (below) of a type with block size BS and d (f16) at its start */
+#define SCALED_DOTS(name, BS)                                                                    \
+    HOT float8 dot32_##name(gbytes row, const int u, const int nv, global const float *x) {     \
+        gbytes b = row + BS * u;                                                                 \
+        return ld_f16(b) * dotq_##name(b, x);                                                    \
+    }                                                                                            \
+    HOT float8 dot256_##name(gbytes row, const int u, global const float *x,                    \
+                             global const float *S, const int has) {                            \
+        gbytes b = row + BS * u;                                                                 \
+        float d[8];                                                                              \
+        vstore8(scales8(b, BS), 0, d);                                                           \
+        float8 acc = 0.0f;                                                                       \
+        _Pragma("unroll") for (int k = 0; k < 8; ++k) acc += d[k] * dotq_##name(b + BS * k, x + 32 * k); \
+        return acc;                                                                              \
+    }
+SCALED_DOTS(q8_0, 34)
+SCALED_DOTS(q4_0, 18)
+SCALED_DOTS(q5_0, 22)
 
 /* d * sum(q x) + m * sum(x) over a unit */
 HOT float8 dot32_affine(float d, float m, const int8 *q, global const float *x) {
@@ -129,15 +155,6 @@ HOT float8 dot32_q4_k(gbytes row, const int u, const int nv, global const float 
     return dot32_affine(ld_f16(b) * (float)scale, -(ld_f16(b + 2) * (float)mn), q, x);
 }
 
-HOT float8 dot32_q5_0(gbytes row, const int u, const int nv, global const float *x) {
-#pragma OPENCL FP_CONTRACT ON
-    gbytes b = row + 22 * u;  /* d * sum((q - 16) x) */
-    int8 q[4];
-    quants_q5_0(b, q);
-    return ld_f16(b) * DOT4(convert_float8(q[0] - 16), convert_float8(q[1] - 16), convert_float8(q[2] - 16),
-                            convert_float8(q[3] - 16), x);
-}
-
 HOT float8 dot32_q6_k(gbytes row, const int u, const int nv, global const float *x) {
 #pragma OPENCL FP_CONTRACT ON
     Q6_K_UNIT(row, u)  /* d * (scale0 * sum over weights 0-15 + scale1 * sum over 16-31) */
@@ -155,6 +172,54 @@ HOT float8 dot32_q6_k(gbytes row, const int u, const int nv, global const float 
     }
 DOT32_BY_READER(f32, QT_F32)
 DOT32_BY_READER(f16, QT_F16)
+
+/* dot256_<type>(row, u, x, S, has): eight whole units u..u+7 of a row times x, as eight lane
+ * sums: the row loop of a CPU work-item (LX == 1 walks a whole row). Their f16 scales are
+ * converted as one float8 (scales8), not one by one. S (has != 0): the unit sums of x (each
+ * unit's 32 values summed), written by the kernel that made x (norm.cl), so that the Q4_1
+ * offsets m multiply them, one unit a lane, instead of every row summing x again. */
+HOT float8 dot256_q4_1(gbytes row, const int u, global const float *x, global const float *S,
+                       const int has) {
+#pragma OPENCL FP_CONTRACT ON
+    gbytes b = row + 20 * u;
+    const float8 m = scales8(b + 2, 20);
+    float d[8], mk[8];
+    vstore8(scales8(b, 20), 0, d);
+    float8 acc;
+    if (has) {
+        acc = m * ld8f(S + u);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            int8 q[4];
+            quants_nibbles(b + 20 * k + 4, q);
+            acc += d[k] * DOT4(convert_float8(q[0]), convert_float8(q[1]), convert_float8(q[2]),
+                               convert_float8(q[3]), x + 32 * k);
+        }
+    } else {
+        vstore8(m, 0, mk);
+        acc = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            int8 q[4];
+            quants_nibbles(b + 20 * k + 4, q);
+            acc += dot32_affine(d[k], mk[k], q, x + 32 * k);
+        }
+    }
+    return acc;
+}
+
+/* the rest: eight dot32 */
+#define DOT256_BY_UNITS(name)                                                                    \
+    HOT float8 dot256_##name(gbytes row, const int u, global const float *x,                    \
+                             global const float *S, const int has) {                            \
+        float8 acc = 0.0f;                                                                       \
+        for (int k = 0; k < 8; ++k) acc += dot32_##name(row, u + k, 32, x + 32 * k);             \
+        return acc;                                                                              \
+    }
+DOT256_BY_UNITS(q4_k)
+DOT256_BY_UNITS(q6_k)
+DOT256_BY_UNITS(f32)
+DOT256_BY_UNITS(f16)
 
 /* the sum of the LX partial sums of one row (every work-item of the row gets it). LX == 1
  * (the same for the whole group): no work-item reaches a barrier. `red`: LX * LY floats,
@@ -175,13 +240,38 @@ inline float row_sum(const float s, local float *red) {
     return r;
 }
 
-/* acc += row . x over this work-item's units of a row (LX work-items share a row) */
-#define ROW_DOT(DOT, acc, row)                                                                   \
+/* acc += row . x over this work-item's units of a row (LX work-items share a row); a CPU
+ * work-item (LX == 1) takes eight whole units at a time. Uses the kernel's X, cols, S, has. */
+#define ROW_DOT(name, acc, row)                                                                  \
     {                                                                                            \
         const uint units_ = (cols + 31) / 32, step_ = get_local_size(0);                         \
-        for (uint u = get_local_id(0); u < units_; u += step_)                                   \
-            acc += DOT(row, u, min(32, cols - 32 * (int)u), X + 32 * u);                          \
+        uint u = get_local_id(0);                                                                \
+        if (step_ == 1)                                                                          \
+            for (; u + 8 <= (uint)cols / 32; u += 8) acc += dot256_##name(row, u, X + 32 * u, S, has); \
+        for (; u < units_; u += step_)                                                           \
+            acc += dot32_##name(row, u, min(32, cols - 32 * (int)u), X + 32 * u);                 \
     }
+
+/* the unit sums of x, if the kernel that made x wrote them (sums >= 0: they start at X + sums) */
+#define UNIT_SUMS                                                                                \
+    global const float *S = X + max(sums, 0);                                                    \
+    const int has = sums >= 0;
+
+/* The unit sums of a one-token result y (each 32 consecutive rows summed) at S[r / 32], for the
+ * matvec that reads y (the FFN's down after matvec_glu): a work-group's rows are whole units
+ * when the host asks for them (out_sums >= 0: LY a multiple of 32); a unit running past `rows`
+ * gets none (no matvec reads a partial unit's sum). Every work-item of the group calls this:
+ * `red` holds LX * LY >= LY floats. */
+inline void group_unit_sums(const float y, const int r, const int rows, global float *S, local float *red) {
+    const int ly = get_local_id(1);
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (get_local_id(0) == 0) red[ly] = y;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (get_local_id(0) == 0 && (ly & 31) == 0 && r + 32 <= rows) {
+        local const float *p = red + ly;
+        S[r / 32] = hsum8((LD8(p) + LD8(p + 8)) + (LD8(p + 16) + LD8(p + 24)));
+    }
+}
 
 /* gelu (tanh approximation) or silu of g, times u: as elementwise.cl */
 inline float act_mul(const int act, const float g, const float u, const float c) {
@@ -197,19 +287,21 @@ inline float act_mul(const int act, const float g, const float u, const float c)
  *   gated product in one launch; a work-item reads x once for both rows. */
 #define MATVEC_KERNELS(name, qt)                                                                 \
     kernel void matvec_##name(global const uchar *W, const int row_bytes, const int cols,       \
-                              const int rows, global const float *X, global float *Y,           \
-                              local float *red) {                                               \
+                              const int rows, global const float *X, const int sums,            \
+                              global float *Y, local float *red) {                              \
+        UNIT_SUMS                                                                                \
         const int r = get_global_id(1);                                                          \
         float8 acc = 0.0f;                                                                       \
-        if (r < rows) { ROW_DOT(dot32_##name, acc, W + (size_t)r * row_bytes) }                 \
+        if (r < rows) ROW_DOT(name, acc, W + (size_t)r * row_bytes)                              \
         const float y = row_sum(hsum8(acc), red);                                                \
         if (r < rows && get_local_id(0) == 0) Y[r] = y;                                          \
     }                                                                                            \
     kernel void matvec3_##name(global const uchar *W0, global const uchar *W1,                  \
                                global const uchar *W2, const int row_bytes, const int cols,     \
                                const int r0, const int r1, const int r2,                        \
-                               global const float *X, global float *Y0, global float *Y1,       \
-                               global float *Y2, local float *red) {                            \
+                               global const float *X, const int sums, global float *Y0,         \
+                               global float *Y1, global float *Y2, local float *red) {          \
+        UNIT_SUMS                                                                                \
         const int r = get_global_id(1);                                                          \
         const int in1 = r >= r0, in2 = r >= r0 + r1;                                             \
         const int rr = in2 ? r - r0 - r1 : (in1 ? r - r0 : r);                                   \
@@ -217,27 +309,37 @@ inline float act_mul(const int act, const float g, const float u, const float c)
         global float *Y = in2 ? Y2 : (in1 ? Y1 : Y0);                                            \
         const int live = r < r0 + r1 + r2;                                                       \
         float8 acc = 0.0f;                                                                       \
-        if (live) { ROW_DOT(dot32_##name, acc, W + (size_t)rr * row_bytes) }                    \
+        if (live) ROW_DOT(name, acc, W + (size_t)rr * row_bytes)                                 \
         const float y = row_sum(hsum8(acc), red);                                                \
         if (live && get_local_id(0) == 0) Y[rr] = y;                                             \
     }                                                                                            \
     kernel void matvec_glu_##name(global const uchar *Wg, global const uchar *Wu,               \
                                   const int row_bytes, const int cols, const int rows,          \
-                                  global const float *X, global float *Y, const int act,        \
-                                  const float c, local float *red) {                            \
+                                  global const float *X, const int sums, global float *Y,       \
+                                  const int act, const float c, const int out_sums,             \
+                                  local float *red) {                                           \
+        UNIT_SUMS                                                                                \
         const int r = get_global_id(1);                                                          \
         float8 ag = 0.0f, au = 0.0f;                                                             \
         if (r < rows) {  /* both rows in one pass over x */                                     \
             gbytes rg = Wg + (size_t)r * row_bytes, ru = Wu + (size_t)r * row_bytes;             \
             const uint units = (cols + 31) / 32, step = get_local_size(0);                       \
-            for (uint u = get_local_id(0); u < units; u += step) {                               \
+            uint u = get_local_id(0);                                                            \
+            if (step == 1)                                                                       \
+                for (; u + 8 <= (uint)cols / 32; u += 8) {                                       \
+                    ag += dot256_##name(rg, u, X + 32 * u, S, has);                              \
+                    au += dot256_##name(ru, u, X + 32 * u, S, has);                              \
+                }                                                                                \
+            for (; u < units; u += step) {                                                       \
                 const int nv = min(32, cols - 32 * (int)u);                                      \
                 ag += dot32_##name(rg, u, nv, X + 32 * u);                                       \
                 au += dot32_##name(ru, u, nv, X + 32 * u);                                       \
             }                                                                                    \
         }                                                                                        \
         const float g = row_sum(hsum8(ag), red), u = row_sum(hsum8(au), red);                    \
-        if (r < rows && get_local_id(0) == 0) Y[r] = act_mul(act, g, u, c);                      \
+        const float y = act_mul(act, g, u, c);                                                   \
+        if (r < rows && get_local_id(0) == 0) Y[r] = y;                                          \
+        if (out_sums >= 0) group_unit_sums(y, r, rows, Y + out_sums, red);                        \
     }
 
 #define MATMUL_KERNEL(name, qt)                                                                  \

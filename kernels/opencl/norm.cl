@@ -54,17 +54,28 @@ inline void row_scale(global const float *x, const float k, global const float *
     for (int i = d8; i < d; ++i) y[i] = x[i] * k * w[i];
 }
 
+/* sums >= 0: also the row's unit sums (of its whole 32-value units) at Y + sums + r * (d / 32),
+ * which the Q4_1 matvecs reading y take (matmul.cl, dot256_q4_1) instead of summing y again
+ * for every row of weights */
+inline void row_unit_sums(global const float *y, const int d, global float *s) {
+    for (int u = 0; u < d / 32; ++u) {
+        global const float *p = y + 32 * u;
+        s[u] = hsum8((ld8f(p) + ld8f(p + 8)) + (ld8f(p + 16) + ld8f(p + 24)));
+    }
+}
+
 kernel void rms_norm_row(global const float *X, global const float *Wt, global float *Y, const int d,
-                         const float eps, const int rows) {
+                         const float eps, const int sums, const int rows) {
     const int r = get_global_id(0);
     if (r >= rows) return;
     global const float *x = X + (size_t)r * d;
     row_scale(x, 1.0f / sqrt(row_sumsq(x, d) / (float)d + eps), Wt, Y + (size_t)r * d, d);
+    if (sums >= 0) row_unit_sums(Y + (size_t)r * d, d, Y + sums + (size_t)r * (d / 32));
 }
 
 kernel void add_rms_norm_row(global const float *A, global const float *B, global float *S,
                              global const float *Wt, global float *Y, const int d, const float eps,
-                             const int rows) {
+                             const int sums, const int rows) {
     const int r = get_global_id(0);
     if (r >= rows) return;
     const size_t at = (size_t)r * d;
@@ -72,6 +83,7 @@ kernel void add_rms_norm_row(global const float *A, global const float *B, globa
     for (int i = 0; i < d8; i += 8) vstore8(ld8f(A + at + i) + ld8f(B + at + i), 0, S + at + i);
     for (int i = d8; i < d; ++i) S[at + i] = A[at + i] + B[at + i];
     row_scale(S + at, 1.0f / sqrt(row_sumsq(S + at, d) / (float)d + eps), Wt, Y + at, d);
+    if (sums >= 0) row_unit_sums(Y + at, d, Y + sums + (size_t)r * (d / 32));
 }
 
 /* y = exp(x - max x) / sum exp(x - max x) over rows of m; X may be Y (in place) */
