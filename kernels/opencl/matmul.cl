@@ -13,9 +13,11 @@
  * `dot32_<type>`: a unit's products with x without materializing the dequantized weights
  * for every quantized type (a block's scale multiplies the sum of q * x once, and an offset m
  * multiplies the sum of x once; F32 and F16 go through the block reader). The host picks
- * LX per device: 1 on a CPU (a work-item walks a whole row; no reduction, no barrier is
- * reached: LX is the same for the whole group), MATMUL_LX elsewhere (GPUs: neighbouring
- * work-items read neighbouring blocks). Grid: (LX, rows rounded up to LY). */
+ * LX per device: 1 on a CPU (a work-item walks a whole row, eight units at a time with
+ * `dot256_<type>`; no reduction, no barrier is reached: LX is the same for the whole group),
+ * MATMUL_LX elsewhere (GPUs: neighbouring work-items read neighbouring blocks). Grid: (LX,
+ * rows rounded up to LY). `sums` >= 0: x is followed, from X + sums, by its unit sums (norm.cl
+ * and matvec_glu write them on CPU devices), which Q4_1's offsets multiply. */
 
 #ifndef NT
 #define NT 8
@@ -182,9 +184,11 @@ HOT float8 dot256_q4_1(gbytes row, const int u, global const float *x, global co
                        const int has) {
 #pragma OPENCL FP_CONTRACT ON
     gbytes b = row + 20 * u;
-    const float8 m = scales8(b + 2, 20);
+    global const uint *h = (global const uint *)b;  /* d | m << 16: a block is five uints */
+    const uint8 dm = (uint8)(h[0], h[5], h[10], h[15], h[20], h[25], h[30], h[35]);
+    const float8 m = f16x8(convert_ushort8(dm >> 16));
     float d[8], mk[8];
-    vstore8(scales8(b, 20), 0, d);
+    vstore8(f16x8(convert_ushort8(dm & 0xffffu)), 0, d);
     float8 acc;
     if (has) {
         acc = m * ld8f(S + u);
