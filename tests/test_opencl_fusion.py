@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_backends import REF, SEED, WEIGHT_TYPES, assert_close, cols_for, randn, random_weight
+from test_backends import REF, SEED, WEIGHT_TYPES, Weight, assert_close, cols_for, randn, random_weight
 
 from kernels.base import ROPE_NEOX, ROPE_NORM, BackendError
 from kernels.qtypes import dequantize
@@ -130,6 +130,24 @@ def test_a_decode_layers_matvecs_with_unit_sums(fused, type_name, d, ff):
     _matmul_ok(fused.matmul(y, wd), yx, wd)
     if fused.is_cpu:  # the sums were there to read
         assert h.sums == d and y.sums == ff
+
+
+@pytest.mark.parametrize("type_name", ["Q4_1", "Q8_0", "Q6_K"])
+def test_weights_at_odd_addresses_are_copied_not_read_in_place(fused, type_name):
+    """A GGUF may align its tensors to a single byte; the kernels read block scales as 16- and
+    32-bit words, so such a tensor is copied to an aligned buffer instead of used in place."""
+    w = random_weight(type_name, 37, 512)
+    raw = np.zeros(w.data.nbytes + 1, np.uint8)
+    raw[1:] = w.data.reshape(-1)
+    odd = Weight(w.name, w.qtype, w.cols, raw[1:].reshape(w.data.shape))
+    assert odd.data.ctypes.data % 2 == 1
+    x = randn(1, w.cols)
+    _matmul_ok(fused.matmul(x, odd), x, w)
+    _matmul_ok(fused.matmul(randn(9, w.cols), odd), randn(9, w.cols), w)
+    flags = fused._weight(odd).flags
+    assert not flags & fused.cl.mem_flags.USE_HOST_PTR
+    if fused.weights_in_place:  # an aligned one still is read in place
+        assert fused._weight(w).flags & fused.cl.mem_flags.USE_HOST_PTR
 
 
 @pytest.mark.parametrize("shape", [(1, 576), (3, 77), (2, 5, 33)])
