@@ -178,8 +178,9 @@ DOT32_BY_READER(f16, QT_F16)
 /* dot256_<type>(row, u, x, S, has): eight whole units u..u+7 of a row times x, as eight lane
  * sums: the row loop of a CPU work-item (LX == 1 walks a whole row). Their f16 scales are
  * converted as one float8 (scales8), not one by one. S (has != 0): the unit sums of x (each
- * unit's 32 values summed), written by the kernel that made x (norm.cl), so that the Q4_1
- * offsets m multiply them, one unit a lane, instead of every row summing x again. */
+ * unit's 32 values summed), written by the kernel that made x (the row norms of norm.cl,
+ * matvec_glu), so that the Q4_1 offsets m multiply them, one unit a lane, instead of every
+ * row summing x again. */
 HOT float8 dot256_q4_1(gbytes row, const int u, global const float *x, global const float *S,
                        const int has) {
 #pragma OPENCL FP_CONTRACT ON
@@ -212,7 +213,8 @@ HOT float8 dot256_q4_1(gbytes row, const int u, global const float *x, global co
     return acc;
 }
 
-/* the rest: eight dot32 */
+/* the rest: eight dot32 (a loop left rolled: unrolled, oclgrind ran the Q4_K one out of bounds
+ * and to wrong results, while PoCL's were right) */
 #define DOT256_BY_UNITS(name)                                                                    \
     HOT float8 dot256_##name(gbytes row, const int u, global const float *x,                    \
                              global const float *S, const int has) {                            \
@@ -251,7 +253,8 @@ inline float row_sum(const float s, local float *red) {
         const uint units_ = (cols + 31) / 32, step_ = get_local_size(0);                         \
         uint u = get_local_id(0);                                                                \
         if (step_ == 1)                                                                          \
-            for (; u + 8 <= (uint)cols / 32; u += 8) acc += dot256_##name(row, u, X + 32 * u, S, has); \
+            for (; u + 8 <= (uint)cols / 32; u += 8)                                             \
+                acc += dot256_##name(row, u, X + 32 * u, S, has);                                \
         for (; u < units_; u += step_)                                                           \
             acc += dot32_##name(row, u, min(32, cols - 32 * (int)u), X + 32 * u);                 \
     }
