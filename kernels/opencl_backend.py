@@ -24,7 +24,8 @@ sizes from the device and kernel (powers of two where a kernel reduces).
   walks a whole row, eight units at a time; dot products without materializing the
   dequantized weights where the type allows, see matmul.cl) and `attn_decode` (kv store,
   scores, softmax and values in one launch instead of four; its device time is the
-  attention op's).
+  attention op's; on a CPU device `attn_decode_row`, a work-item per head, for heads of up
+  to HD_MAX values).
 - Unit sums (CPU devices, one token): the row norm and the fused gated product also write
   the sums of their result's 32-value units after it (`CLArray.sums`: where they start), and
   the matvecs reading that result take Q4_1's offset terms from them instead of summing x
@@ -89,6 +90,7 @@ MATMUL_GROUP = 64  # matmul work-items per group, at most (rows fill the rest)
 # schedule; Gemma 3's 262144-row output matvec 8.3 -> 7.0 ms and its decode p10 22.8-26.4 ->
 # 21.3-21.9 ms a token; SmolLM2's matvecs 0.95-0.98x (A/B on the real weights), its decode equal
 MATVEC_GROUP_CPU = 64
+HD_MAX = 256  # the largest head attn_decode_row takes (its private arrays; attention.cl)
 MATMUL_GROUP_CPU = 16  # prompt matmul on a CPU device: rows per group, a work-item each
 ROW_MAX = 4096  # longest row a CPU work-item takes whole in softmax and RMSNorm (its sums run in 8
 #                lanes: longer rows, a vocabulary's, keep the work-group's tree reduction for accuracy)
@@ -185,7 +187,7 @@ def _context_and_programs(cl, device) -> tuple:
         ctx = cl.Context([device])
     except cl.Error as e:
         raise BackendError(f"cannot create an OpenCL context on {device.name.strip()}: {e}") from e
-    options = [f"-DNT={TOKEN_TILE}", "-cl-std=CL1.2", "-cl-kernel-arg-info"]
+    options = [f"-DNT={TOKEN_TILE}", f"-DHD_MAX={HD_MAX}", "-cl-std=CL1.2", "-cl-kernel-arg-info"]
     try:
         programs = {ALL: cl.Program(ctx, "\n".join(_source(name) for name in PROGRAMS)).build(options=options)}
     except cl.Error as combined:
@@ -881,9 +883,13 @@ class OpenCLBackend(Backend):
                 Q, Kn, rot = self._in(q), self._in(k), np.int32(0)
                 CS, n_rot, neox = Q, np.int32(0), np.int32(0)
             O, S = self._alloc(H * hd), self._alloc(H * T)
-            self._launch("attn_decode", (ls, H), (ls, 1), Q, Kn, self._in(v), cache.k[layer], cache.v[layer], S, O,
-                         np.int32(H), np.int32(Hkv), np.int32(hd), np.int32(pos), F32(scale), win, CS, n_rot, neox,
-                         rot, self.cl.LocalMemory(4 * ls), self.cl.LocalMemory(4 * 2 * hd))
+            args = (Q, Kn, self._in(v), cache.k[layer], cache.v[layer], S, O, np.int32(H), np.int32(Hkv),
+                    np.int32(hd), np.int32(pos), F32(scale), win, CS, n_rot, neox, rot)
+            if self.is_cpu and hd <= HD_MAX:  # a work-item per head, no barriers (attention.cl)
+                self._launch("attn_decode_row", (H,), (1,), *args)
+            else:
+                self._launch("attn_decode", (ls, H), (ls, 1), *args, self.cl.LocalMemory(4 * ls),
+                             self.cl.LocalMemory(4 * 2 * hd))
             return self._result(O, (n, H * hd))
         if isinstance(cache, CLKVCache):
             K, V = cache.k[layer], cache.v[layer]

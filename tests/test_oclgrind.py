@@ -84,7 +84,9 @@ q = f32(2, 3, 12)
 for mode in ("norm", "neox"):
     check(be.rope(q, np.arange(5, 7), 1e4, mode, 8), ref.rope(q, np.arange(5, 7), 1e4, mode, 8), "rope " + mode)
 H, Hkv, hd = 4, 2, 12  # the dot products' eight-wide loops and their tails (hd 12, up to 11 positions)
+cpu = be.is_cpu
 for window in (None, 2):
+    be.is_cpu = window is None  # decode: a work-item per head (CPU devices) or a work-group
     mine, theirs = be.new_kv_cache(1, 12, Hkv, hd), ref.new_kv_cache(1, 12, Hkv, hd)
     pos = 0
     for n in (10, 1):
@@ -92,6 +94,7 @@ for window in (None, 2):
         check(be.attention(q, k, v, mine, 0, pos, 0.35, window), ref.attention(q, k, v, theirs, 0, pos, 0.35, window),
               f"attention window={window}")
         pos += n
+be.is_cpu = cpu
 
 ran = {e["kernel"] for e in be.drain_kernel_events()}
 
@@ -125,6 +128,7 @@ for n in (9, 1, 1):
     q, k, v = f32(n, H, hd), f32(n, Hkv, hd), f32(n, Hkv, hd)
     p = np.arange(pos, pos + n)
     qr, kr = fz.rope(fz.scale(q, 1.0), p, 1e4, "neox", 6), fz.rope(fz.scale(k, 1.0), p, 1e4, "neox", 6)
+    fz.is_cpu = pos % 2 == 0  # the two decode steps: a work-group per head, then a work-item
     got = fz.attention(qr, kr, fz.scale(v, 1.0), mine, 0, pos, 0.35, 2)
     want = ref.attention(ref.rope(q, p, 1e4, "neox", 6), ref.rope(k, p, 1e4, "neox", 6), v, theirs, 0, pos, 0.35, 2)
     check(np.asarray(got), want, "attention with fused ropes")
