@@ -54,6 +54,8 @@ class ContextFull(RuntimeError):
 class RunState:
     kv: KVCache
     pos: int = 0
+    # a decode step recorded on a device backend and replayed for later tokens (Model.forward)
+    step: object = field(default=None, repr=False, compare=False)
 
     @property
     def n_ctx(self) -> int:
@@ -90,9 +92,37 @@ class Model:
             raise ContextFull(f"context full: {state.pos} + {len(tokens)} tokens exceed n_ctx {state.n_ctx}")
         self.ops.phase = phase or ("prefill" if len(tokens) > 1 else "decode")
         self.ops.pos = state.pos
-        logits = self.arch.forward(self.config, self.weights, self.ops, state, tokens, all_logits)
+        backend = self.ops.backend
+        replayable = len(tokens) == 1 and not all_logits and self._replayable(state)
+        if replayable and state.step is not None:  # the recorded decode step, for this token and position
+            logits = state.step.replay(int(tokens[0]), state.pos)
+            state.pos += 1
+            return logits
+        if replayable:  # this step is recorded as it runs
+            backend.begin_capture()
+        try:
+            logits = self.arch.forward(self.config, self.weights, self.ops, state, tokens, all_logits)
+            if replayable:  # kept only if every op of the step ran on this backend (no numpy fallback)
+                step = backend.end_capture(logits, state.kv)
+                state.step = step if self.ops.only_on(backend) else None
+        finally:
+            if replayable:
+                backend.cancel_capture()  # (nothing left to do after end_capture)
         state.pos += len(tokens)
-        return np.asarray(self.ops.backend.to_host(logits), dtype=np.float32)
+        return np.asarray(backend.to_host(logits), dtype=np.float32)
+
+    def _replayable(self, state: RunState) -> bool:
+        """Whether a decode step may be recorded and replayed: a backend that records steps
+        (OpenCL, activations resident, launches fused), every op on it, no recorder, no
+        fallback on errors (a replay bypasses ops), and the step (if any) made for this
+        state's cache."""
+        ops, backend = self.ops, self.ops.backend
+        if ops.recorder is not None or ops.per_op or ops.fallback_on_error or ops.errors or \
+                not getattr(backend, "can_capture", None) or not backend.can_capture():
+            return False
+        if state.step is not None and (state.step.kv is not state.kv or state.step.backend is not backend):
+            state.step = None
+        return True
 
     def close(self) -> None:
         self.ops.close()

@@ -66,6 +66,10 @@ class Ops:
             self._routes[key] = be
         return be
 
+    def only_on(self, backend: Backend) -> bool:
+        """Whether every op routed so far runs on `backend` (no per-op choice, no fallback)."""
+        return all(be is backend for be in self._routes.values())
+
     def fell_back(self, op: str, qtype, be: Backend) -> bool:
         return be is self.fallback and self.per_op.get(op, self.backend) is not self.fallback
 
