@@ -80,7 +80,10 @@ class Model:
 
     def forward(self, state: RunState, tokens, all_logits: bool = False, phase: str | None = None) -> np.ndarray:
         """Feed `tokens` at the state's position; returns float32 logits (1 or n, n_vocab).
-        `phase` ("prefill" / "decode", default by batch size) labels the recorded events."""
+        `phase` ("prefill" / "decode", default by batch size) labels the recorded events.
+        On a backend that records steps (OpenCL), the first one-token step of a state is
+        recorded as it runs and later ones replay it (StepGraph: the same kernels on the same
+        buffers, so the same logits) unless a recorder is attached or an op runs elsewhere."""
         self.gguf.check_unchanged()  # a file truncated under the mapping: a clear error, not SIGBUS
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         if len(tokens) == 0:
