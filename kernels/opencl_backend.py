@@ -45,6 +45,10 @@ sizes from the device and kernel (powers of two where a kernel reduces).
   `profile` is on (a recorder attached): every op's kernels and device time are its own.
   With `fuse=True` under a recorder, a fused kernel's device time is the reading op's (the
   held-back ops show none). SmolLM2 decode: 455 -> 216 launches a token.
+- Decode steps replayed (`StepGraph`, resident and fused, no recorder): Model.forward
+  records the first one-token step of a run state and replays its launches for later tokens
+  without the Python forward (`can_capture`, `begin_capture`, `end_capture`): the token id
+  and the rotations are refilled, the attention launch rebuilt for the position.
 - Launch cost: a launch sets only the arguments that differ from the kernel's last launch
   (`_Args`: scalars packed from the kernels' argument info) and enqueues; pyopencl's kernel
   call, which sets every argument, cost more (PoCL: ~9-13 -> ~4 us a launch).
