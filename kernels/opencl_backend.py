@@ -284,26 +284,15 @@ class StepGraph:
     the forward would (the same kernels on the same data). Model.forward records the first
     decode step of a run state and replays it while nothing routes an op elsewhere and no
     recorder is attached. Decode steps, forward vs replay alternating in one process (8 runs
-    of 16 tokens, median of the run medians): SmolLM2 13.2 -> 11.3 ms, Gemma 3 23.0 -> 20.4;
-    with a kernel object per launch site (`_bind`), SmolLM2 11.3 -> 9.3, Gemma 3 22.9 -> 20.1
-    in a faster hour. The recorded step itself costs ~50 ms more than a forward, once per run
-    state (SmolLM2: 63 ms against 12), most of it making those kernel objects (~0.15 ms each
-    on PoCL)."""
+    of 16 tokens, median of the run medians): SmolLM2 13.2 -> 11.3 ms, Gemma 3 23.0 -> 20.4.
+    Tried: a kernel object of its own for every recorded launch, its arguments set once, so
+    that a replay only enqueues: ~0.6 ms a token (12.7 against 13.4 ms, alternating in one
+    process) for ~47 ms once to make them (~0.25 ms each on PoCL), paid back only after ~80
+    tokens: launches keep the shared kernel objects (`_Args`)."""
 
     def __init__(self, backend, actions: list, inputs: list, out, shape: tuple, kv):
-        self.backend, self.inputs = backend, inputs
+        self.backend, self.actions, self.inputs = backend, actions, inputs
         self.out, self.shape, self.kv = out, shape, kv
-        # each recorded launch gets a kernel object of its own with its arguments set, so a
-        # replay only enqueues (~9 -> ~3 us a launch of host time)
-        self.actions = [self._bind(a) for a in actions]
-
-    def _bind(self, action):
-        if not (isinstance(action, functools.partial) and action.func is _replay_launch):
-            return action
-        kernel, gsize, lsize, args = action.args
-        gsize = tuple(_round_up(g, l) for g, l in zip(gsize, lsize))
-        return functools.partial(_replay_bound, kernel, self.backend._kernels.bound(kernel, args), gsize, lsize,
-                                 args)
 
     def replay(self, token: int, pos: int) -> np.ndarray:
         """The logits of `token` at `pos` (the KV cache gets its key and value there)."""
@@ -349,16 +338,6 @@ def _cos_sin(pos: np.ndarray, theta_base: float, n_rot: int) -> np.ndarray:
 
 def _replay_launch(kernel, gsize, lsize, args, be, pos) -> None:
     be._launch(kernel, gsize, lsize, *args)
-
-
-def _replay_bound(name, k, gsize, lsize, args, be, pos) -> None:
-    """A launch whose kernel object has its arguments set already (StepGraph). `args` is only
-    held: the kernel object does not keep its buffers alive."""
-    try:
-        ev = be.cl.enqueue_nd_range_kernel(be.queue, k, gsize, lsize)
-    except be.cl.Error as e:
-        raise BackendError(f"{be.device.name.strip()} rejected kernel {name} (global {gsize}, local {lsize}): {e}") from e
-    be._pending.append((name, ev))
 
 
 def _replay_copy(dst, src, nbytes, src_offset, be, pos) -> None:
@@ -472,13 +451,6 @@ class _Kernels(dict):
         wg = k.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, self._device)
         self.local_max[name] = _pow2_floor(min(self._dev_max, wg))
         self[name] = k
-        return k
-
-    def bound(self, name: str, args: tuple):
-        """A kernel object of its own for one launch site, its arguments set once (a replayed
-        step enqueues it without setting any)."""
-        k = self._cl.Kernel(self._where[name], name)
-        k.set_args(*args)
         return k
 
     def __iter__(self):
