@@ -884,7 +884,7 @@ class OpenCLBackend(Backend):
             inputs = (self._in(x),)
         kernel = "add_rms_norm" if fused else "rms_norm"
         sums = x.size if rows == 1 else -1  # one row (decode): its unit sums after it, for the matvecs
-        Wt, Y = self._in(weight), self._alloc(x.size + d // 32)
+        Wt, Y = self._in(weight), self._alloc(x.size + (d // 32 if sums >= 0 else 0))
         if not self._by_rows(kernel, d, rows, *inputs, Wt, Y, np.int32(d), F32(eps), np.int32(sums)):
             sums = -1
             ls = self._local(kernel, min(d, MAX_LOCAL))

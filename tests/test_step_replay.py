@@ -12,10 +12,10 @@ import workbench
 from kernels.base import BackendError
 
 
-def _load(path):
+def _load(path, **kw):
     pytest.importorskip("pyopencl", reason="the opencl backend needs pyopencl")
     try:
-        return workbench.load(path, backend="opencl")
+        return workbench.load(path, backend="opencl", **kw)
     except BackendError as e:
         pytest.skip(f"no usable OpenCL device: {e}")
 
@@ -105,11 +105,7 @@ def test_a_recorder_sees_every_op_of_every_step(smollm2_cl):
 
 
 def test_nothing_is_replayed_when_an_op_runs_elsewhere(smollm2_path):
-    pytest.importorskip("pyopencl", reason="the opencl backend needs pyopencl")
-    try:
-        m = workbench.load(smollm2_path, backend="opencl", per_op={"rope": "numpy"})
-    except BackendError as e:
-        pytest.skip(f"no usable OpenCL device: {e}")
+    m = _load(smollm2_path, per_op={"rope": "numpy"})
     try:
         st = m.new_state(64)
         _greedy_logits(m, st, m.tokenizer.encode("Hello"), 3)

@@ -79,6 +79,9 @@ inline uint ld_u32(gbytes p) {
 /* (LD8: the same for floats in any address space, a macro as OpenCL 1.2 has no generic one) */
 #define LD8(p) ((float8)((p)[0], (p)[1], (p)[2], (p)[3], (p)[4], (p)[5], (p)[6], (p)[7]))
 inline float8 ld8f(global const float *p) { return LD8(p); }
+/* the sum of one 32-value unit at p (any address space): the unit sums that the Q4_1
+ * matvecs read (norm.cl's row kernels and matmul.cl's matvec_glu write them) */
+#define SUM32(p) hsum8((LD8(p) + LD8((p) + 8)) + (LD8((p) + 16) + LD8((p) + 24)))
 inline uchar8 ld8b(gbytes p) { return (uchar8)(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]); }
 inline char8 ld8c(global const char *p) { return (char8)(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]); }
 inline float8 ld8h(global const ushort *p) {

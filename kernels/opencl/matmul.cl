@@ -274,10 +274,7 @@ inline void group_unit_sums(const float y, const int r, const int rows, global f
     barrier(CLK_LOCAL_MEM_FENCE);
     if (get_local_id(0) == 0) red[ly] = y;
     barrier(CLK_LOCAL_MEM_FENCE);
-    if (get_local_id(0) == 0 && (ly & 31) == 0 && r + 32 <= rows) {
-        local const float *p = red + ly;
-        S[r / 32] = hsum8((LD8(p) + LD8(p + 8)) + (LD8(p + 16) + LD8(p + 24)));
-    }
+    if (get_local_id(0) == 0 && (ly & 31) == 0 && r + 32 <= rows) S[r / 32] = SUM32(red + ly);
 }
 
 /* gelu (tanh approximation) or silu of g, times u: as elementwise.cl */

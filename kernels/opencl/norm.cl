@@ -58,10 +58,7 @@ inline void row_scale(global const float *x, const float k, global const float *
  * which the Q4_1 matvecs reading y take (matmul.cl, dot256_q4_1) instead of summing y again
  * for every row of weights */
 inline void row_unit_sums(global const float *y, const int d, global float *s) {
-    for (int u = 0; u < d / 32; ++u) {
-        global const float *p = y + 32 * u;
-        s[u] = hsum8((ld8f(p) + ld8f(p + 8)) + (ld8f(p + 16) + ld8f(p + 24)));
-    }
+    for (int u = 0; u < d / 32; ++u) s[u] = SUM32(y + 32 * u);
 }
 
 kernel void rms_norm_row(global const float *X, global const float *Wt, global float *Y, const int d,
